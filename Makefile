@@ -1,0 +1,22 @@
+# dgmbench: `make bench` sets up .venv and runs the default pipeline; `make test` sets up .venv and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: venv bench test clean-results
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade-strategy only-if-needed -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+bench: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/local
+
+test: $(STAMP)
+	$(VENV)/bin/pytest
+
+clean-results:
+	rm -rf results/runs results/metrics.csv reports/tables

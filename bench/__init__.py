@@ -1,0 +1,1 @@
+"""dgmbench harness: datasets, the training loop, evaluation, aggregation and the CLI."""

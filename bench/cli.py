@@ -1,0 +1,154 @@
+"""`dgmbench`: every pipeline step as a command that also runs by hand with the same arguments."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import UserError
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return obj
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    import models
+    from bench import datasets
+
+    print("methods:")
+    for name in models.available():
+        cls = models.get(name)
+        skip = "; ".join(f"not on {d}: {r}" for d, r in cls.unsupported.items())
+        print(f"  {name:<16} {cls.family:<6} {', '.join(sorted(cls.capabilities))}" + (f"  ({skip})" if skip else ""))
+        if args.hparams:
+            for ds in datasets.available():
+                if ds not in cls.unsupported:
+                    print(f"      {ds}: {json.dumps(cls.defaults(ds))}")
+    print("datasets:")
+    for name in datasets.available():
+        print(f"  {name}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from bench.train import RunSpec, train
+
+    spec = RunSpec.build(args.method, args.dataset, args.seed, {**args.hparams, **dict(args.set)},
+                         device=args.device, data_root=args.data_root, loop={**args.loop})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    status = train(spec, args.out, progress=None if args.progress else False)
+    print(f"{spec.method}/{spec.dataset}/seed{spec.seed}: {status['status']}"
+          + (f" ({status['reason']})" if status["status"] != "ok" else "") + f" -> {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from bench.evaluate import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = evaluate(args.run, args.settings)
+    for rec in result["records"]:
+        value = f"{rec['value']:.6g}" if rec["value"] is not None else rec["status"]
+        print(f"{rec['metric']:<16} {value} {rec['unit']}" + (f"  ({rec['reason']})" if rec["reason"] else ""))
+
+
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from bench.aggregate import aggregate
+
+    df = aggregate(args.metrics, args.out)
+    print(f"{len(df)} rows from {len(args.metrics)} runs -> {args.out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bench.aggregate import report
+
+    report(args.metrics, args.out_dir)
+    print(f"tables -> {args.out_dir}")
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from bench import datasets
+
+    root = Path(args.data_root) if args.data_root else datasets.default_data_root()
+    print(f"MNIST -> {datasets.download_mnist(root)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dgmbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="registered methods and datasets")
+    s.add_argument("--hparams", action="store_true", help="also print every method's default hyper-parameters")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("train", help="train one run")
+    s.add_argument("--method", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, provenance)")
+    s.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a hyper-parameter (repeatable), e.g. --set steps=500")
+    s.add_argument("--hparams", type=_json_object, default={}, help="hyper-parameter overrides as a JSON object")
+    s.add_argument("--loop", type=_json_object, default={}, help="training-loop settings as a JSON object")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--data-root", default=None, help="folder holding MNIST/raw")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate one trained run into its metrics.json")
+    s.add_argument("--run", type=Path, required=True, help="run folder written by `dgmbench train`")
+    s.add_argument("--settings", type=_json_object, default={}, help="evaluation settings as a JSON object")
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("aggregate", help="collect metrics.json files into one tidy CSV")
+    s.add_argument("metrics", type=Path, nargs="+")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="summary tables from the tidy CSV")
+    s.add_argument("--metrics", type=Path, required=True)
+    s.add_argument("--out-dir", type=Path, required=True)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("download", help="fetch a dataset that is not generated locally (needs internet)")
+    s.add_argument("dataset", choices=["mnist"])
+    s.add_argument("--data-root", default=None)
+    s.set_defaults(func=cmd_download)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"dgmbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

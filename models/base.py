@@ -1,0 +1,80 @@
+"""The interface every method implements, and the parts most methods share."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+CAPABILITIES = frozenset({"log_prob", "sample", "elbo", "iwae"})
+TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # hyper-parameters the training loop reads
+
+
+class Method(nn.Module):
+    """A generative model plus its training objective.
+
+    Subclasses set `family` and `capabilities`, implement `defaults` (every hyper-parameter, training ones in
+    TRAIN_KEYS included, for a dataset name) and `sample`, and either `loss` (one optimizer minimizing it) or
+    their own `train_step` (e.g. the alternating updates of a GAN). Capabilities decide which metrics apply:
+    "log_prob" (exact likelihood), "elbo"/"iwae" (latent-variable bounds), "sample" (everyone).
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]]
+    unsupported: ClassVar[dict[str, str]] = {}  # dataset name -> why this method does not run on it
+
+    def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
+        super().__init__()
+        unknown = set(self.capabilities) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"{type(self).__name__} declares unknown capabilities {unknown}")
+        self.hparams = dict(hparams)
+        self.data_shape = tuple(dataset.train.shape[1:])
+
+    @classmethod
+    def defaults(cls, dataset: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        hp = self.hparams
+        return {"opt": torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])}
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
+        """One update; returns the losses to log (floats). The default minimizes `loss` with the single optimizer."""
+        (opt,) = optimizers.values()
+        opt.zero_grad(set_to_none=True)
+        loss = self.loss(x)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor) -> float | None:
+        """The objective on held-out data (for model selection and the training log); None if it has none."""
+        return self.loss(x).item() if "log_prob" in self.capabilities else None
+
+    def sample(self, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no tractable likelihood")
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.LeakyReLU, out: nn.Module | None = None) -> nn.Sequential:
+    """Linear layers of the given sizes with `activation` between them and an optional output module."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    if out is not None:
+        layers.append(out)
+    return nn.Sequential(*layers)

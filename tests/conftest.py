@@ -1,0 +1,24 @@
+"""Shared test set-up: point MNIST at the checkout's shared data when the user has not set a data root."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# CI has 2 cores and the models under test are tiny: one thread avoids oversubscription stalls.
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+if "DGMBENCH_DATA_ROOT" not in os.environ and (SHARED_MNIST / "MNIST" / "raw").is_dir():
+    os.environ["DGMBENCH_DATA_ROOT"] = str(SHARED_MNIST)
+
+
+def mnist_available() -> bool:
+    from bench.datasets import default_data_root
+
+    return (default_data_root() / "MNIST" / "raw").is_dir()
+
+
+needs_mnist = pytest.mark.skipif(not mnist_available(), reason="MNIST not found; set DGMBENCH_DATA_ROOT")

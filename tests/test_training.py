@@ -1,0 +1,88 @@
+"""The training loop: CPU determinism, exact resume, divergence records, corrupt checkpoints."""
+import os
+import signal
+
+import pytest
+import torch
+
+from bench.errors import UserError
+from bench.train import CHECKPOINT, RESUME, EpochSampler, RunSpec, load_checkpoint, train
+
+SMALL = {"steps": 40, "batch_size": 64, "width": 16}
+LOOP = {"log_every": 10, "val_every": 20, "checkpoint_every": 10, "val_size": 500}
+
+
+def _spec(seed=0, **hp):
+    return RunSpec.build("realnvp", "moons", seed, {**SMALL, **hp}, loop=LOOP)
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / CHECKPOINT)["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    train(_spec(), tmp_path / "a", progress=False)
+    train(_spec(), tmp_path / "b", progress=False)
+    _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    train(_spec(seed=1), tmp_path / "c", progress=False)
+    assert not torch.equal(_weights(tmp_path / "a")["s.0.0.weight"], _weights(tmp_path / "c")["s.0.0.weight"])
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    train(_spec(), tmp_path / "full", progress=False)
+
+    from models.realnvp import RealNVP
+
+    original = RealNVP.train_step
+
+    def interrupted(self, x, optimizers, step):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, x, optimizers, step)
+
+    monkeypatch.setattr(RealNVP, "train_step", interrupted)
+    with pytest.raises(SystemExit, match="re-run to resume"):
+        train(_spec(), tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / RESUME).exists() and not (tmp_path / "cut" / CHECKPOINT).exists()
+    assert load_checkpoint(tmp_path / "cut" / RESUME)["step"] == 25
+    monkeypatch.setattr(RealNVP, "train_step", original)
+    train(_spec(), tmp_path / "cut", progress=False)
+    _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
+    assert not (tmp_path / "cut" / RESUME).exists()
+    assert (tmp_path / "full" / "train_log.csv").read_text() != ""
+
+
+def test_non_finite_loss_is_a_divergence_record(tmp_path):
+    status = train(_spec(lr=1e6, steps=200), tmp_path, progress=False)
+    assert status["status"] == "diverged" and "non-finite" in status["reason"]
+    assert load_checkpoint(tmp_path / CHECKPOINT)["status"]["status"] == "diverged"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    train(_spec(steps=10), tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_epoch_sampler_covers_each_epoch_once_and_is_a_function_of_step():
+    s = EpochSampler(100, 10, seed=3)
+    first = torch.cat([s.indices(i) for i in range(10)])
+    assert sorted(first.tolist()) == list(range(100))
+    again = EpochSampler(100, 10, seed=3)
+    assert torch.equal(again.indices(13), s.indices(13))
+    assert not torch.equal(s.indices(0), s.indices(10))
+
+
+def test_batch_size_larger_than_data_is_rejected():
+    with pytest.raises(UserError, match="batch_size"):
+        EpochSampler(10, 64, seed=0)
+    with pytest.raises(UserError, match="positive integer"):
+        _spec(batch_size=0)
