@@ -65,7 +65,7 @@ def iwae_log_likelihood(log_weights) -> np.ndarray:
     """
     values = _to_numpy(log_weights)
     if values.ndim == 0 or values.shape[-1] == 0:
-        raise ValueError(f"iwae_log_likelihood needs log weights with a non-empty last (k) axis; got shape {values.shape}")
+        raise ValueError(f"iwae_log_likelihood needs a non-empty last (k) axis; got shape {values.shape}")
     return logsumexp(values, axis=-1) - math.log(values.shape[-1])
 
 

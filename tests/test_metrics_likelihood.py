@@ -96,7 +96,8 @@ def _log_weights(m, q_cov, shape):
     q = torch.distributions.MultivariateNormal(m["post_mean"].reshape(N_X, *[1] * len(shape), K), q_cov)
     z = q.mean + torch.randn(N_X, *shape, K, generator=m["g"], dtype=torch.float64) @ torch.linalg.cholesky(q_cov).T
     prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    lik = torch.distributions.Normal(z @ m["W"].T + m["mu"], SIGMA).log_prob(m["x"].reshape(N_X, *[1] * len(shape), D)).sum(-1)
+    x = m["x"].reshape(N_X, *[1] * len(shape), D)
+    lik = torch.distributions.Normal(z @ m["W"].T + m["mu"], SIGMA).log_prob(x).sum(-1)
     return prior + lik - q.log_prob(z)
 
 
