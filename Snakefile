@@ -1,4 +1,6 @@
-# dgmbench pipeline: train -> evaluate -> aggregate -> tables, over the grid dataset x method x seed.
+# dgmbench pipeline over the grid dataset x method x seed:
+#   train -> sample -> evaluate -> aggregate -> tables; reference (data-vs-data floors) per dataset;
+#   mnist_classifier (the MNIST feature extractor) once; per-run figures from saved checkpoints and samples.
 #   snakemake --cores 2                                   # config/default.yaml
 #   snakemake --cores 8 --configfile config/paper.yaml    # a config file replaces the default entirely
 # Every rule calls one `dgmbench <verb>` command, so each step also runs by hand with the same arguments.
@@ -10,7 +12,9 @@ import sys
 import yaml
 from snakemake.exceptions import WorkflowError
 
+import models
 from bench import config as bench_config
+from bench import datasets as bench_datasets
 from bench.errors import UserError
 
 if not workflow.overwrite_configfiles:  # no --configfile: the default config, updated by any --config KEY=VALUE
@@ -27,73 +31,140 @@ for dataset, method, reason in SKIPPED:
 _bin = os.path.join(os.path.dirname(sys.executable), "dgmbench")
 DGMBENCH = shlex.quote(_bin) if os.path.exists(_bin) else f"{shlex.quote(sys.executable)} -m bench.cli"
 RUN = "results/runs/{dataset}/{method}/seed{seed}"
+CLASSIFIER = "results/evaluators/mnist_classifier.pt"
+DATA_ROOT = f"--data-root {shlex.quote(CFG['data_root'])}" if CFG["data_root"] else ""
+EVAL = shlex.quote(json.dumps(CFG["evaluation"], sort_keys=True))
+IMAGE_DATASETS = set(bench_datasets.IMAGE_DATASETS)
 
 
-def _json_arg(obj):
-    return shlex.quote(json.dumps(obj, sort_keys=True))
+def required_runs(w):
+    """Run folders of the methods this one starts from (e.g. the VAE of the same dataset and seed)."""
+    return {name: RUN.format(dataset=w.dataset, method=name, seed=w.seed) for name in models.get(w.method).requires}
+
+
+def classifier_for(w):
+    return [CLASSIFIER] if w.dataset in IMAGE_DATASETS else []
+
+
+def classifier_arg(w):
+    return f"--classifier {CLASSIFIER}" if w.dataset in IMAGE_DATASETS else ""
 
 
 wildcard_constraints:
     dataset="|".join(CFG["datasets"]),
-    method="|".join(CFG["methods"]),
+    method="|".join(sorted(set(CFG["methods"]) | {r for m in CFG["methods"] for r in models.get(m).requires})),
     seed=r"\d+",
 
 
 rule all:
     input:
         "reports/tables/summary.md",
+        [f"reports/figures/runs/{d}/{m}/seed{s}.png" for d, m, s in RUNS],
+
+
+rule mnist_classifier:
+    output:
+        weights=CLASSIFIER,
+        info=CLASSIFIER.replace(".pt", ".json"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    benchmark:
+        "results/evaluators/benchmark_mnist_classifier.tsv"
+    shell:
+        "{DGMBENCH} train-classifier --out {output.weights} {DATA_ROOT} --threads {threads}"
 
 
 rule train:
+    input:
+        lambda w: [f"{run}/checkpoint.pt" for run in required_runs(w).values()],
     output:
         checkpoint=f"{RUN}/checkpoint.pt",
         log=f"{RUN}/train_log.csv",
         provenance=f"{RUN}/provenance.json",
     params:
         run=lambda w: RUN.format(**w),
-        hparams=lambda w: _json_arg(bench_config.overrides(CFG, w.method, w.dataset)),
-        loop=_json_arg(CFG["training"]),
-        data_root=lambda w: f"--data-root {shlex.quote(CFG['data_root'])}" if CFG["data_root"] else "",
+        hparams=lambda w: shlex.quote(json.dumps(bench_config.overrides(CFG, w.method, w.dataset), sort_keys=True)),
+        loop=shlex.quote(json.dumps(CFG["training"], sort_keys=True)),
+        init=lambda w: " ".join(f"--init {name}={run}" for name, run in required_runs(w).items()),
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=120,
+        runtime=240,
+        gpu=lambda w: 1 if CFG["device"] != "cpu" else 0,
     benchmark:
         f"{RUN}/benchmark_train.tsv"
     shell:
         "{DGMBENCH} train --method {wildcards.method} --dataset {wildcards.dataset} --seed {wildcards.seed}"
-        " --out {params.run} --hparams {params.hparams} --loop {params.loop} --device {CFG[device]} {params.data_root}"
-        " --threads {threads} --no-progress"
+        " --out {params.run} --hparams {params.hparams} --loop {params.loop} --device {CFG[device]} {DATA_ROOT}"
+        " {params.init} --threads {threads} --no-progress"
 
 
-rule evaluate:
+rule sample:
     input:
-        checkpoint=f"{RUN}/checkpoint.pt",
+        f"{RUN}/checkpoint.pt",
     output:
-        f"{RUN}/metrics.json",
+        f"{RUN}/samples.pt",
     params:
         run=lambda w: RUN.format(**w),
-        settings=_json_arg(CFG["evaluation"]),
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
     benchmark:
+        f"{RUN}/benchmark_sample.tsv"
+    shell:
+        "{DGMBENCH} sample --run {params.run} --settings {EVAL} --threads {threads}"
+
+
+rule evaluate:
+    input:
+        checkpoint=f"{RUN}/checkpoint.pt",
+        samples=f"{RUN}/samples.pt",
+        classifier=classifier_for,
+    output:
+        f"{RUN}/metrics.json",
+    params:
+        run=lambda w: RUN.format(**w),
+        classifier=classifier_arg,
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    benchmark:
         f"{RUN}/benchmark_evaluate.tsv"
     shell:
-        "{DGMBENCH} evaluate --run {params.run} --settings {params.settings} --threads {threads}"
+        "{DGMBENCH} evaluate --run {params.run} --settings {EVAL} {params.classifier} --threads {threads}"
+
+
+rule reference:
+    input:
+        classifier=classifier_for,
+    output:
+        "results/reference/{dataset}.json",
+    params:
+        classifier=classifier_arg,
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    shell:
+        "{DGMBENCH} reference --dataset {wildcards.dataset} --out {output} --settings {EVAL} {DATA_ROOT}"
+        " {params.classifier} --threads {threads}"
 
 
 rule aggregate:
     input:
-        [f"results/runs/{d}/{m}/seed{s}/metrics.json" for d, m, s in RUNS],
+        runs=[f"results/runs/{d}/{m}/seed{s}/metrics.json" for d, m, s in RUNS],
+        reference=[f"results/reference/{d}.json" for d in CFG["datasets"]],
     output:
         "results/metrics.csv",
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{DGMBENCH} aggregate {input} --out {output}"
+        "{DGMBENCH} aggregate {input.reference} {input.runs} --out {output}"
 
 
 rule summary_table:
@@ -106,3 +177,18 @@ rule summary_table:
         runtime=10,
     shell:
         "{DGMBENCH} report --metrics {input} --out-dir reports/tables"
+
+
+rule run_figure:
+    input:
+        checkpoint=f"{RUN}/checkpoint.pt",
+        samples=f"{RUN}/samples.pt",
+    output:
+        "reports/figures/runs/{dataset}/{method}/seed{seed}.png",
+    params:
+        run=lambda w: RUN.format(**w),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{DGMBENCH} plot-run --run {params.run} --out {output}"

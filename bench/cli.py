@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bench.train import RunSpec, train
 
     spec = RunSpec.build(args.method, args.dataset, args.seed, {**args.hparams, **dict(args.set)},
-                         device=args.device, data_root=args.data_root, loop={**args.loop})
+                         device=args.device, data_root=args.data_root, loop={**args.loop}, init_runs=dict(args.init))
     if args.threads:
         torch.set_num_threads(args.threads)
     status = train(spec, args.out, progress=None if args.progress else False)
@@ -61,17 +61,58 @@ def cmd_train(args: argparse.Namespace) -> None:
           + (f" ({status['reason']})" if status["status"] != "ok" else "") + f" -> {args.out}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
+def _threads(n: int) -> None:
+    if n:
+        import torch
 
-    from bench.evaluate import evaluate
+        torch.set_num_threads(n)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = evaluate(args.run, args.settings)
+
+def _print_records(result: dict[str, Any]) -> None:
     for rec in result["records"]:
         value = f"{rec['value']:.6g}" if rec["value"] is not None else rec["status"]
         print(f"{rec['metric']:<16} {value} {rec['unit']}" + (f"  ({rec['reason']})" if rec["reason"] else ""))
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from bench import datasets
+    from bench.evaluate import sample_size, settings_for
+    from bench.sampling import sample_run
+    from bench.train import CHECKPOINT, load_checkpoint
+
+    _threads(args.threads)
+    s = settings_for(args.settings)
+    spec = load_checkpoint(args.run / CHECKPOINT)["spec"]
+    out = sample_run(args.run, sample_size(datasets.load(spec["dataset"], spec["data_root"]), s), device=s["device"])
+    print(f"{out['n']} samples ({out['status']}) -> {args.run}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from bench.evaluate import evaluate
+
+    _threads(args.threads)
+    _print_records(evaluate(args.run, args.settings, args.classifier))
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    from bench.evaluate import reference
+
+    _threads(args.threads)
+    _print_records(reference(args.dataset, args.out, args.settings, args.data_root, args.classifier))
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from bench.classifier import train_classifier
+
+    _threads(args.threads)
+    info = train_classifier(args.out, args.data_root, epochs=args.epochs)
+    print(f"MNIST classifier: test accuracy {info['test_accuracy']:.4f}, sha256 {info['sha256'][:12]} -> {args.out}")
+
+
+def cmd_plot_run(args: argparse.Namespace) -> None:
+    from bench.figures import run_figure
+
+    run_figure(args.run, args.out)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
@@ -111,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyper-parameter (repeatable), e.g. --set steps=500")
     s.add_argument("--hparams", type=_json_object, default={}, help="hyper-parameter overrides as a JSON object")
+    s.add_argument("--init", type=_key_value, action="append", default=[], metavar="METHOD=RUN_DIR",
+                   help="trained run a method starts from (e.g. --init vae=results/runs/mnist/vae/seed0)")
     s.add_argument("--loop", type=_json_object, default={}, help="training-loop settings as a JSON object")
     s.add_argument("--device", default="cpu")
     s.add_argument("--data-root", default=None, help="folder holding MNIST/raw")
@@ -118,11 +161,39 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="evaluate one trained run into its metrics.json")
+    s = sub.add_parser("sample", help="draw a trained run's evaluation samples into samples.pt")
     s.add_argument("--run", type=Path, required=True, help="run folder written by `dgmbench train`")
     s.add_argument("--settings", type=_json_object, default={}, help="evaluation settings as a JSON object")
     s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("evaluate", help="evaluate one trained and sampled run into its metrics.json")
+    s.add_argument("--run", type=Path, required=True, help="run folder written by `dgmbench train`")
+    s.add_argument("--settings", type=_json_object, default={}, help="evaluation settings as a JSON object")
+    s.add_argument("--classifier", type=Path, default=None, help="MNIST classifier weights (FID, class coverage)")
+    s.add_argument("--threads", type=int, default=0)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("reference", help="data-vs-data floor of the sample metrics for one dataset")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--settings", type=_json_object, default={})
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--classifier", type=Path, default=None)
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("train-classifier", help="train the MNIST feature extractor used by FID and class coverage")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("plot-run", help="figure of one run (samples, density, latent space / image grid)")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(func=cmd_plot_run)
 
     s = sub.add_parser("aggregate", help="collect metrics.json files into one tidy CSV")
     s.add_argument("metrics", type=Path, nargs="+")

@@ -37,6 +37,7 @@ class Dataset:
     fingerprint: str
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None  # exact data density, when known
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # applied to every training batch
     info: dict = field(default_factory=dict)
 
     @property
@@ -45,6 +46,10 @@ class Dataset:
 
     def split(self, name: str) -> torch.Tensor:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Data on the scale of model samples: points unchanged, images as float32 in [0,1]."""
+        return x.float() / (self.info["levels"] - 1) if self.kind == "image" else x
 
 
 def _fingerprint(*parts: bytes) -> str:
@@ -177,6 +182,24 @@ def _mnist(root: Path) -> Dataset:
     )
 
 
+def _dynamic_binarization(x: torch.Tensor) -> torch.Tensor:
+    return torch.bernoulli(x.float() / 255.0).to(torch.uint8)
+
+
+@lru_cache(maxsize=2)
+def _binarized_mnist(root: Path) -> Dataset:
+    """MNIST binarized as in Burda et al. (IWAE): every training batch is re-binarized at random with
+    P(1) = pixel/255 (dynamic binarization); validation and test are binarized once with a fixed seed."""
+    gray = _mnist(root)
+    gen = torch.Generator().manual_seed(123)
+    fixed = {s: torch.bernoulli(gray.split(s).float() / 255.0, generator=gen).to(torch.uint8) for s in ("val", "test")}
+    return Dataset(
+        name="binarized_mnist", version="v1", kind="image", train=gray.train, **fixed, labels=gray.labels,
+        fingerprint=_fingerprint(gray.fingerprint.encode(), b"binarized-dynamic-seed123"),
+        train_transform=_dynamic_binarization, info={"levels": 2},
+    )
+
+
 def download_mnist(root: Path) -> Path:
     """Fetch MNIST into root/MNIST/raw through torchvision (needs internet)."""
     import torchvision
@@ -186,7 +209,8 @@ def download_mnist(root: Path) -> Path:
 
 
 TOY_DATASETS: dict[str, Callable[[], Dataset]] = {"moons": _moons, "ring8": _ring8, "grid25": _grid25}
-DATASETS = (*TOY_DATASETS, "mnist")
+IMAGE_DATASETS: dict[str, Callable[[Path], Dataset]] = {"mnist": _mnist, "binarized_mnist": _binarized_mnist}
+DATASETS = (*TOY_DATASETS, *IMAGE_DATASETS)
 
 
 def available() -> list[str]:
@@ -199,10 +223,10 @@ def check_name(name: str) -> None:
 
 
 def load(name: str, data_root: str | Path | None = None) -> Dataset:
-    """Load a dataset by name; MNIST from `data_root` (default: see `default_data_root`)."""
+    """Load a dataset by name; the MNIST variants from `data_root` (default: see `default_data_root`)."""
     check_name(name)
-    if name == "mnist":
-        return _mnist(Path(data_root).expanduser().resolve() if data_root else default_data_root().resolve())
+    if name in IMAGE_DATASETS:
+        return IMAGE_DATASETS[name](Path(data_root or default_data_root()).expanduser().resolve())
     return _cached_toy(name)
 
 

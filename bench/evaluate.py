@@ -1,10 +1,19 @@
-"""Apply the metrics that fit a run's capabilities and write one record per metric into `metrics.json`.
+"""Apply the metrics that fit a run's capabilities and dataset, one record per metric, into `metrics.json`.
 
-A metric that does not apply to a method (NLL of a GAN) is recorded with status "n/a" and the reason; a
-diverged run gets status "failed" records, so aggregation and the report still show it.
+- Likelihood models: exact test NLL over the whole test set (bits/dim on images); CNFs add their solver
+  settings, number of function evaluations and inverse error. Latent-variable models: ELBO, IWAE_k and the
+  ELBO gap; their test NLL is the IWAE bound with the largest k. Flows report an ELBO gap of 0 by construction.
+- Every model's samples: exact W1 and W2 (POT) and sliced W2 against the same number of test points;
+  2-D: k-NN precision/recall in data space and, for mixtures, mode coverage; images: FID, precision/recall
+  (torch-fidelity on the suite's MNIST classifier features) and class coverage.
+- `reference` applies the sample metrics to real data (train vs test, same n): the noise floor every model's
+  numbers are read against, with the data's own entropy (the NLL floor) where the density is known.
+A metric that does not apply to a method is an "n/a" record with the reason; a metric that fails is a
+"failed" record and the others are kept; a diverged run gets a "failed" record.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,14 +22,27 @@ from typing import Any, Callable
 import torch
 
 from bench import datasets, provenance
-from bench.io import write_json
+from bench.errors import UserError
+from bench.io import read_json, write_json
+from bench.sampling import SAMPLES
 from bench.seeding import resolve_device
 from bench.train import PROVENANCE, load_model
-from bench.io import read_json
-from metrics.likelihood import nll_nats
+from metrics.likelihood import bits_per_dim, nll_nats
+from metrics.modes import class_coverage, mixture_mode_coverage
+from metrics.precision_recall import knn_precision_recall
+from metrics.wasserstein import exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
-EVAL_DEFAULTS = {"batch_size": 4096, "device": "cpu"}
+EVAL_DEFAULTS: dict[str, Any] = {
+    "batch_size": 1000,
+    "device": "cpu",
+    "n_samples": {"points": 5000, "image": 2000},
+    "iwae_k": [1, 10, 100, 1000],
+    "iwae_n_test": {"points": 2000, "image": 500},
+    "sliced_projections": 200,
+    "pr_k": 3,
+    "inverse_error_n": 1000,
+}
 
 
 @dataclass
@@ -36,65 +58,182 @@ class Record:
     wall_time_s: float = 0.0
 
 
-@dataclass
-class Context:
-    model: Any
-    dataset: datasets.Dataset
-    settings: dict[str, Any]
+def settings_for(user: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluation defaults updated by the config; per-kind settings ({points, image}) merge key by key."""
+    user = user or {}
+    return {k: {**v, **user.get(k, {})} if isinstance(v, dict) else user.get(k, v) for k, v in EVAL_DEFAULTS.items()}
+
+
+def _kind_value(setting: Any, ds: datasets.Dataset) -> Any:
+    return setting[ds.kind] if isinstance(setting, dict) else setting
+
+
+def sample_size(ds: datasets.Dataset, settings: dict[str, Any]) -> int:
+    n = _kind_value(settings["n_samples"], ds)
+    if n > len(ds.test) or n > len(ds.train):
+        raise UserError(f"evaluation.n_samples={n} is larger than {ds.name}'s test set ({len(ds.test)}); lower it")
+    return n
 
 
 @torch.no_grad()
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int,
+             device: torch.device) -> torch.Tensor:
     return torch.cat([fn(part.to(device)).double().cpu() for part in x.split(batch_size)])
 
 
-def test_nll(ctx: Context) -> list[Record]:
-    """Exact test NLL in nats over the whole fixed test set, with its standard error."""
-    if "log_prob" not in ctx.model.capabilities:
-        return [Record("test_nll", unit="nats", status="n/a",
-                       reason=f"{ctx.model.family} has no tractable likelihood")]
-    lp = _batched(ctx.model.log_prob, ctx.dataset.test, ctx.settings["batch_size"], ctx.model.device)
-    res = nll_nats(lp)
-    return [Record("test_nll", res.mean, res.stderr, res.n, "nats", settings={"split": "test"})]
+def _mean_record(metric: str, values: torch.Tensor, unit: str, **settings: Any) -> Record:
+    v = values.double()
+    return Record(metric, v.mean().item(), (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else None, len(v),
+                  unit, settings=settings)
 
 
-def data_entropy(ctx: Context) -> list[Record]:
-    """The data density's own entropy −E log p_data(x) on the test set: the floor of any model's test NLL."""
-    if ctx.dataset.log_prob is None:
-        return [Record("data_entropy", unit="nats", status="n/a", reason="the data density is not known in closed form")]
-    res = nll_nats(ctx.dataset.log_prob(ctx.dataset.test))
-    return [Record("data_entropy", res.mean, res.stderr, res.n, "nats", settings={"split": "test"})]
+def _bpd_record(nll: Record, dim: int) -> Record:
+    scale = dim * math.log(2)
+    return Record("test_bpd", bits_per_dim(nll.value, dim), nll.stderr / scale if nll.stderr else None, nll.n,
+                  "bits/dim", settings={**nll.settings, "scale": "0-255, uniform dequantization"})
 
 
-EVALUATORS: list[Callable[[Context], list[Record]]] = [test_nll, data_entropy]
-
-
-def evaluate(run_dir: Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate a trained run and write `run_dir/metrics.json`; returns its content."""
-    run_dir = Path(run_dir)
-    settings = {**EVAL_DEFAULTS, **(settings or {})}
-    model, ckpt = load_model(run_dir, settings["device"])
-    spec, status = ckpt["spec"], ckpt["status"]
-    device = resolve_device(settings["device"])
-    records: list[Record] = []
-    if status["status"] != "ok":
-        records.append(Record("training", status="failed", reason=status["reason"]))
+def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> list[Record]:
+    dev, caps = model.device, model.capabilities
+    if "log_prob" in caps:
+        res = nll_nats(_batched(model.log_prob, ds.test, s["batch_size"], dev))
+        info = model.solver_info() if hasattr(model, "solver_info") else {}
+        nll = Record("test_nll", res.mean, res.stderr, res.n, "nats", settings={"estimator": "exact", **info})
+        out = [nll, Record("elbo_gap", 0.0, unit="nats", settings={"why": "exact likelihood: no bound, gap 0 by construction"})]
+        if hasattr(model, "inverse_error"):
+            x = ds.test[: s["inverse_error_n"]]
+            out.append(_mean_record("inverse_error", _batched(model.inverse_error, x, s["batch_size"], dev), "",
+                                    norm="L2 of x - g(g^-1(x))", **info))
+    elif "iwae" in caps:
+        x = ds.test[: _kind_value(s["iwae_n_test"], ds)]
+        elbo = _batched(model.elbo, x, s["batch_size"], dev)
+        out = [_mean_record("elbo", elbo, "nats", split="test")]
+        for k in sorted(s["iwae_k"]):  # the last one, k_max, gives the NLL estimate and the gap
+            iw = _batched(lambda b: model.iwae(b, k), x, max(1, s["batch_size"] // k), dev)
+            out.append(_mean_record(f"iwae_k{k}", iw, "nats", k=k))
+        kmax = k
+        nll = _mean_record("test_nll", -iw, "nats", estimator=f"IWAE k={kmax} (upper bound on the NLL)", k=kmax)
+        out += [nll, _mean_record("elbo_gap", iw - elbo, "nats", definition=f"IWAE_{kmax} - ELBO", k=kmax)]
     else:
-        ctx = Context(model, datasets.load(spec["dataset"], spec["data_root"]), settings)
-        torch.manual_seed(spec["seed"])
-        for evaluator in EVALUATORS:
-            t0 = time.perf_counter()
-            new = evaluator(ctx)
-            for rec in new:
-                rec.wall_time_s = round(time.perf_counter() - t0, 4) / len(new)
-            records.extend(new)
+        why = f"{model.family}: an implicit model (samples only) has no tractable density or bound"
+        return [Record(m, unit="nats", status="n/a", reason=why) for m in ("test_nll", "elbo_gap")]
+    if ds.kind == "image":
+        out.append(_bpd_record(nll, ds.dim))
+    return out
+
+
+def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, Any],
+                   classifier: Path | None) -> list[Record]:
+    """Sample-based metrics of `generated` (n samples in data space) against the first n test points."""
+    n = len(generated)
+    real = ds.to_float(ds.test[:n]).flatten(1).double()
+    gen = generated.flatten(1).double()
+    out: list[Record] = []
+
+    def run(metric: str, fn: Callable[[], Any], unit: str = "", **settings: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as exc:  # one failing metric must not erase the others
+            out.append(Record(metric, n=n, status="failed", reason=f"{type(exc).__name__}: {exc}"))
+            return None
+        out.append(Record(metric, float(value), n=n, unit=unit, settings={"reference": "test", **settings},
+                          wall_time_s=time.perf_counter() - t0))
+        return value
+
+    run("w1", lambda: exact_wasserstein(gen, real, p=1), solver="POT emd2 exact")
+    run("w2", lambda: exact_wasserstein(gen, real, p=2), solver="POT emd2 exact")
+    run("sliced_w2", lambda: sliced_wasserstein(gen, real, n_projections=s["sliced_projections"], seed=0),
+        projections=s["sliced_projections"])
+    if ds.kind == "points":
+        pr = knn_precision_recall(real, gen, k=s["pr_k"])
+        run("precision", lambda: pr.precision, k=s["pr_k"], space="data")
+        run("recall", lambda: pr.recall, k=s["pr_k"], space="data")
+        if "centers" in ds.info:
+            cov = mixture_mode_coverage(gen, ds.info["centers"], ds.info["std"])
+            run("modes_covered", lambda: cov.modes_covered, of=cov.num_modes, threshold="3 sigma")
+            run("high_quality", lambda: cov.high_quality_fraction, threshold="3 sigma")
+            run("mode_kl", lambda: cov.kl_to_uniform, "nats", histogram="high-quality samples vs uniform")
+    elif classifier is not None:
+        from bench.classifier import load_classifier
+        from metrics.fid import register_mnist_extractor, torch_fidelity_metrics
+
+        name = register_mnist_extractor(classifier)
+        tf = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), extractor_name=name, weights_path=classifier)
+        for key in ("fid", "precision", "recall"):
+            run(key, lambda: tf[key], extractor=name, via="torch-fidelity")
+        preds = _batched(load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1)
+        cov = class_coverage(preds.long(), 10)
+        run("classes_covered", lambda: cov.classes_covered, of=10, classifier=name)
+        run("class_kl", lambda: cov.kl_to_uniform, "nats", classifier=name)
+    return out
+
+
+def _timed_group(fn: Callable[[], list[Record]], name: str) -> list[Record]:
+    t0 = time.perf_counter()
+    try:
+        records = fn()
+    except UserError:
+        raise
+    except Exception as exc:
+        return [Record(name, status="failed", reason=f"{type(exc).__name__}: {exc}")]
+    for r in records:
+        r.wall_time_s = r.wall_time_s or (time.perf_counter() - t0) / len(records)
+    return records
+
+
+def evaluate(run_dir: Path, settings: dict[str, Any] | None = None, classifier: Path | None = None) -> dict[str, Any]:
+    """Evaluate a trained and sampled run; writes and returns `run_dir/metrics.json`."""
+    run_dir, s = Path(run_dir), settings_for(settings)
+    model, ckpt = load_model(run_dir, s["device"])
+    spec, status = ckpt["spec"], ckpt["status"]
+    ds = datasets.load(spec["dataset"], spec["data_root"])
+    if status["status"] != "ok":
+        records = [Record("training", status="failed", reason=status["reason"])]
+    else:
+        saved = torch.load(run_dir / SAMPLES, weights_only=False)
+        if saved["n"] != sample_size(ds, s):
+            raise UserError(f"{run_dir / SAMPLES} holds {saved['n']} samples but the evaluation asks for "
+                            f"{sample_size(ds, s)}; re-run `dgmbench sample`")
+        torch.manual_seed(spec["seed"] + 2_000_003)  # dequantization and importance-sampling noise
+        records = _timed_group(lambda: likelihood_records(model, ds, s), "likelihood")
+        records += _timed_group(lambda: sample_records(ds, saved["samples"], s, classifier), "samples")
+        records.append(Record("samples_per_s", saved["samples_per_s"], n=saved["n"], unit="1/s",
+                              settings={"device": s["device"]}))
     result = {
         "run": {k: spec[k] for k in ("dataset", "method", "seed")},
         "family": model.family,
         "status": status["status"],
         "records": [asdict(r) for r in records],
         "train": read_json(run_dir / PROVENANCE),
-        "evaluation": {"settings": settings, "machine": provenance.collect(device)},
+        "evaluation": {"settings": s, "machine": provenance.collect(resolve_device(s["device"]))},
     }
     write_json(run_dir / METRICS_FILE, result)
+    return result
+
+
+def reference(dataset: str, out: Path, settings: dict[str, Any] | None = None, data_root: str | None = None,
+              classifier: Path | None = None) -> dict[str, Any]:
+    """The data-vs-data floor: sample metrics of n training points against the n test points, and the data's
+    own entropy (the NLL floor) where its density is known. Written in the shape of a run's metrics.json."""
+    s = settings_for(settings)
+    ds = datasets.load(dataset, data_root)
+    n = sample_size(ds, s)
+    records = _timed_group(lambda: sample_records(ds, ds.to_float(ds.train[:n]), s, classifier), "samples")
+    if ds.log_prob is not None:
+        res = nll_nats(ds.log_prob(ds.test))
+        records.insert(0, Record("test_nll", res.mean, res.stderr, res.n, "nats",
+                                 settings={"what": "entropy of the data density on the test set (NLL floor)"}))
+    spec = {"dataset": dataset, "method": "data", "seed": 0, "settings": s}
+    result = {
+        "run": {"dataset": dataset, "method": "data", "seed": 0},
+        "family": "reference",
+        "status": "ok",
+        "records": [asdict(r) for r in records],
+        "train": {"spec": spec, "config_hash": provenance.config_hash(spec), "train_wall_time_s": 0.0,
+                  "data": {"name": ds.name, "version": ds.version, "fingerprint": ds.fingerprint},
+                  "machine": provenance.collect(torch.device("cpu"))},
+        "evaluation": {"settings": s, "machine": provenance.collect(torch.device("cpu"))},
+    }
+    write_json(out, result)
     return result

@@ -39,6 +39,7 @@ class RunSpec:
     hparams: dict[str, Any]  # resolved: the method's defaults updated by the config
     device: str = "cpu"
     data_root: str | None = None
+    init_runs: dict[str, str] = field(default_factory=dict)  # required method -> its trained run folder
     loop: dict[str, int] = field(default_factory=lambda: dict(LOOP_DEFAULTS))
 
     @classmethod
@@ -51,7 +52,16 @@ class RunSpec:
             if not isinstance(hp[key], int) or hp[key] < 1:
                 raise UserError(f"hyper-parameter {key} of {method} must be a positive integer, got {hp[key]!r}")
         loop = {**LOOP_DEFAULTS, **(kwargs.pop("loop", None) or {})}
-        return cls(method, dataset, seed, hp, loop=loop, **kwargs)
+        init_runs = kwargs.pop("init_runs", None) or {}
+        required = set(models.get(method).requires)
+        if set(init_runs) != required:
+            raise UserError(f"method {method!r} starts from trained runs of {sorted(required) or 'nothing'}; "
+                            f"got --init for {sorted(init_runs) or 'nothing'} (pass --init NAME=RUN_DIR)")
+        for name, run in init_runs.items():
+            if not (Path(run) / CHECKPOINT).exists():
+                raise UserError(f"{method} starts from the trained {name} run in {run}, which has no {CHECKPOINT}; "
+                                f"train it first (dgmbench train --method {name} ...)")
+        return cls(method, dataset, seed, hp, init_runs=init_runs, loop=loop, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +151,8 @@ def train(spec: RunSpec, out_dir: Path, progress: bool | None = None) -> dict[st
             start, rows, elapsed = ckpt["step"], ckpt["log"], ckpt["train_wall_time_s"]
         else:
             print(f"dgmbench: ignoring {resume_path}: it belongs to a different configuration")
+    if start == 0 and spec.init_runs:
+        model.init_from({name: load_model(run, spec.device)[0] for name, run in spec.init_runs.items()})
 
     def state(step: int, status: dict[str, Any]) -> dict[str, Any]:
         return {"format": 1, "spec": spec.to_dict(), "config_hash": cfg_hash, "step": step, "status": status,
@@ -157,7 +169,10 @@ def train(spec: RunSpec, out_dir: Path, progress: bool | None = None) -> dict[st
     try:
         model.train()
         for step in range(start, hp["steps"]):
-            losses = model.train_step(train_x[sampler.indices(step)], optimizers, step)
+            batch = train_x[sampler.indices(step)]
+            if ds.train_transform is not None:
+                batch = ds.train_transform(batch)
+            losses = model.train_step(batch, optimizers, step)
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             if bad:
                 status = {"status": "diverged", "step": step, "reason": f"non-finite loss {bad} at step {step}",

@@ -23,6 +23,7 @@ class Method(nn.Module):
     family: ClassVar[str]
     capabilities: ClassVar[frozenset[str]]
     unsupported: ClassVar[dict[str, str]] = {}  # dataset name -> why this method does not run on it
+    requires: ClassVar[tuple[str, ...]] = ()  # methods whose trained run (same dataset and seed) this one starts from
 
     def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
         super().__init__()
@@ -35,6 +36,11 @@ class Method(nn.Module):
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
         raise NotImplementedError
+
+    def init_from(self, trained: dict[str, "Method"]) -> None:
+        """Start from the trained models named in `requires` (called once, before the first step)."""
+        if self.requires:
+            raise NotImplementedError(f"{self.name} requires {self.requires} but does not implement init_from")
 
     @property
     def device(self) -> torch.device:

@@ -27,16 +27,20 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         "datasets": ["moons"], "methods": ["realnvp"], "seeds": [0, 1],
         "hparams": {"realnvp": {"steps": 30, "width": 16}},
         "training": {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 500},
+        "evaluation": {"n_samples": {"points": 500}},
     }))
     res = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
     assert res.returncode == 0, res.stderr[-3000:]
     summary = (tmp_path / "reports" / "tables" / "summary.md").read_text()
     assert "| realnvp | 2 | 0 |" in summary and "test_nll" in summary
     df = pd.read_csv(tmp_path / "results" / "metrics.csv")
-    nll = df[df.metric == "test_nll"]
+    nll = df[(df.metric == "test_nll") & (df.method == "realnvp")]
     assert sorted(nll.seed) == [0, 1] and nll.value.notna().all()
     assert (df.git_commit.str.len() > 0).all() and df.data_fingerprint.nunique() == 1
-    assert '"steps": 30' in df.config.iloc[0] and "torch" in df.packages.iloc[0]
+    assert '"steps": 30' in nll.config.iloc[0] and "torch" in nll.packages.iloc[0]
     assert (tmp_path / "results/runs/moons/realnvp/seed0/benchmark_train.tsv").exists()
+    assert (tmp_path / "reports/figures/runs/moons/realnvp/seed1.png").exists()
+    w2 = df[(df.metric == "w2")].set_index("method")
+    assert w2.loc["data", "n"] == 500 and w2.loc["data", "value"] > 0
     again = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

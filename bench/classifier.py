@@ -1,0 +1,60 @@
+"""Train the suite's MNIST feature extractor once (a pipeline step): the classifier whose penultimate features
+define FID on MNIST and whose predictions define class coverage. Its test accuracy and weights hash are recorded."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench import datasets
+from bench.io import save_torch, write_json
+from bench.seeding import seed_everything
+from metrics.fid import MnistClassifier, weights_hash
+
+MIN_TEST_ACCURACY = 0.99
+
+
+@torch.no_grad()
+def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    preds = torch.cat([model(x).argmax(1) for x in images.split(2000)])
+    return (preds == labels).float().mean().item()
+
+
+def train_classifier(out: Path, data_root: str | None = None, epochs: int = 5, seed: int = 0,
+                     batch_size: int = 64, lr: float = 1e-3) -> dict[str, Any]:
+    """Train on the 55k training images for a fixed number of epochs (no selection on test data); record
+    validation and test accuracy and the weights' SHA-256."""
+    ds = datasets.load("mnist", data_root)
+    seed_everything(seed, torch.device("cpu"))
+    model = MnistClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.6)  # decay the rate every epoch
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(ds.train), generator=gen).split(batch_size):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(ds.train[idx]), ds.labels["train"][idx]).backward()
+            opt.step()
+        schedule.step()
+    model.eval()
+    out = Path(out)
+    save_torch(out, model.state_dict())
+    info = {"val_accuracy": accuracy(model, ds.val, ds.labels["val"]),
+            "test_accuracy": accuracy(model, ds.test, ds.labels["test"]),
+            "sha256": weights_hash(out), "epochs": epochs, "seed": seed, "train_wall_time_s": time.perf_counter() - t0,
+            "data_fingerprint": ds.fingerprint}
+    write_json(out.with_suffix(".json"), info)
+    if info["test_accuracy"] < MIN_TEST_ACCURACY:
+        print(f"dgmbench: warning: MNIST classifier test accuracy {info['test_accuracy']:.4f} < {MIN_TEST_ACCURACY}")
+    return info
+
+
+def load_classifier(path: Path) -> MnistClassifier:
+    model = MnistClassifier()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
