@@ -1,6 +1,13 @@
 # dgmbench: `make bench` sets up .venv and runs the default pipeline; `make test` sets up .venv and runs the tests.
 PYTHON ?= python3
 VENV := .venv
+# On the development and CI machines MNIST sits in ../shared; elsewhere set DGMBENCH_DATA_ROOT yourself
+# (or run `dgmbench download mnist`).
+ifeq ($(DGMBENCH_DATA_ROOT),)
+ifneq ($(wildcard ../shared/data/mnist/MNIST/raw),)
+export DGMBENCH_DATA_ROOT := $(abspath ../shared/data/mnist)
+endif
+endif
 STAMP := $(VENV)/.installed
 
 .PHONY: venv bench test clean-results

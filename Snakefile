@@ -24,6 +24,12 @@ try:
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 
+for _name in set(CFG["datasets"]) & set(bench_datasets.IMAGE_DATASETS):
+    try:  # a missing or corrupt MNIST stops here, before any job runs
+        bench_datasets.load(_name, CFG["data_root"])
+    except UserError as exc:
+        raise WorkflowError(str(exc)) from None
+
 RUNS, SKIPPED = bench_config.grid(CFG)
 for dataset, method, reason in SKIPPED:
     print(f"dgmbench: skipping {method} on {dataset}: {reason}", file=sys.stderr)

@@ -36,8 +36,12 @@ def cmd_list(args: argparse.Namespace) -> None:
     print("methods:")
     for name in models.available():
         cls = models.get(name)
-        skip = "; ".join(f"not on {d}: {r}" for d, r in cls.unsupported.items())
-        print(f"  {name:<16} {cls.family:<6} {', '.join(sorted(cls.capabilities))}" + (f"  ({skip})" if skip else ""))
+        print(f"  {name:<16} {cls.family:<6} {', '.join(sorted(cls.capabilities))}")
+        by_reason: dict[str, list[str]] = {}
+        for ds, reason in cls.unsupported.items():
+            by_reason.setdefault(reason, []).append(ds)
+        for reason, names in by_reason.items():
+            print(f"      not on {', '.join(names)}: {reason}")
         if args.hparams:
             for ds in datasets.available():
                 if ds not in cls.unsupported:
