@@ -1,5 +1,5 @@
 # dgmbench pipeline over the grid dataset x method x seed:
-#   train -> sample -> evaluate -> aggregate -> tables; reference (data-vs-data floors) per dataset;
+#   train -> sample -> evaluate -> aggregate -> report (tables, figures, report.html); reference (data-vs-data floors) per dataset;
 #   mnist_classifier (the MNIST feature extractor) once; per-run figures from saved checkpoints and samples.
 #   snakemake --cores 2                                   # config/default.yaml
 #   snakemake --cores 8 --configfile config/paper.yaml    # a config file replaces the default entirely
@@ -64,8 +64,7 @@ wildcard_constraints:
 
 rule all:
     input:
-        "reports/tables/summary.md",
-        [f"reports/figures/runs/{d}/{m}/seed{s}.png" for d, m, s in RUNS],
+        "reports/report.html",
 
 
 rule mnist_classifier:
@@ -173,16 +172,20 @@ rule aggregate:
         "{DGMBENCH} aggregate {input.reference} {input.runs} --out {output}"
 
 
-rule summary_table:
+rule report:
     input:
-        "results/metrics.csv",
+        metrics="results/metrics.csv",
+        logs=[f"results/runs/{d}/{m}/seed{s}/train_log.csv" for d, m, s in RUNS],
+        figures=[f"reports/figures/runs/{d}/{m}/seed{s}.png" for d, m, s in RUNS],
     output:
-        "reports/tables/summary.md",
+        summary="reports/tables/summary.md",
+        markdown="reports/report.md",
+        html="reports/report.html",
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{DGMBENCH} report --metrics {input} --out-dir reports/tables"
+        "{DGMBENCH} report --metrics {input.metrics} --runs-dir results/runs --out-dir reports"
 
 
 rule run_figure:

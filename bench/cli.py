@@ -29,6 +29,13 @@ def _json_object(text: str) -> dict[str, Any]:
     return obj
 
 
+def _threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     import models
     from bench import datasets
@@ -52,24 +59,14 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import torch
-
     from bench.train import RunSpec, train
 
     spec = RunSpec.build(args.method, args.dataset, args.seed, {**args.hparams, **dict(args.set)},
                          device=args.device, data_root=args.data_root, loop={**args.loop}, init_runs=dict(args.init))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _threads(args.threads)
     status = train(spec, args.out, progress=None if args.progress else False)
     print(f"{spec.method}/{spec.dataset}/seed{spec.seed}: {status['status']}"
           + (f" ({status['reason']})" if status["status"] != "ok" else "") + f" -> {args.out}")
-
-
-def _threads(n: int) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def _print_records(result: dict[str, Any]) -> None:
@@ -127,10 +124,10 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from bench.aggregate import report
+    from bench.report import report
 
-    report(args.metrics, args.out_dir)
-    print(f"tables -> {args.out_dir}")
+    written = report(args.metrics, args.out_dir, args.runs_dir, test=args.test)
+    print(f"{len(written)} files (tables, figures, report.md, report.html) -> {args.out_dir}")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -204,9 +201,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("report", help="summary tables from the tidy CSV")
-    s.add_argument("--metrics", type=Path, required=True)
-    s.add_argument("--out-dir", type=Path, required=True)
+    s = sub.add_parser("report", help="tables, figures and the HTML/Markdown report from the tidy CSV")
+    s.add_argument("--metrics", type=Path, required=True, help="tidy CSV written by `dgmbench aggregate`")
+    s.add_argument("--runs-dir", type=Path, default=Path("results/runs"), help="run folders (train_log.csv)")
+    s.add_argument("--out-dir", type=Path, required=True,
+                   help="report folder: tables/, figures/ (per-run figures read from figures/runs/), report.{md,html}")
+    s.add_argument("--test", choices=["welch", "mannwhitney"], default="welch", help="test between methods")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("download", help="fetch a dataset that is not generated locally (needs internet)")

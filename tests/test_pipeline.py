@@ -1,10 +1,12 @@
 """End to end through Snakemake on a tiny config: train -> evaluate -> aggregate -> table, then a no-op rerun."""
+import re
 import subprocess
 import sys
 
 import pandas as pd
 import yaml
 
+from bench import config
 from bench.config import SCHEMA
 
 REPO = SCHEMA.parent.parent
@@ -16,9 +18,14 @@ def _snakemake(workdir, *args):
 
 
 def test_default_config_dry_run(tmp_path):
+    runs, skipped = config.grid(config.load(REPO / "config" / "default.yaml"))
     res = _snakemake(tmp_path, "-n")
     assert res.returncode == 0, res.stderr
-    assert "train                2" in res.stdout and "summary_table" in res.stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, re.MULTILINE))
+    assert counts["train"] == counts["evaluate"] == str(len(runs)) and counts["report"] == "1"
+    assert counts["mnist_classifier"] == "1" and counts["reference"] == "3"
+    for dataset, method, reason in skipped:  # skipped combinations are named with the reason
+        assert f"skipping {method} on {dataset}: {reason}" in res.stderr
 
 
 def test_tiny_pipeline_end_to_end(tmp_path):
@@ -40,6 +47,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert '"steps": 30' in nll.config.iloc[0] and "torch" in nll.packages.iloc[0]
     assert (tmp_path / "results/runs/moons/realnvp/seed0/benchmark_train.tsv").exists()
     assert (tmp_path / "reports/figures/runs/moons/realnvp/seed1.png").exists()
+    html = (tmp_path / "reports/report.html").read_text()
+    assert "data:image/png;base64," in html and "realnvp" in html
     w2 = df[(df.metric == "w2")].set_index("method")
     assert w2.loc["data", "n"] == 500 and w2.loc["data", "value"] > 0
     again = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
