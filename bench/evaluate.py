@@ -87,10 +87,15 @@ def _mean_record(metric: str, values: torch.Tensor, unit: str, **settings: Any) 
                   unit, settings=settings)
 
 
-def _bpd_record(nll: Record, dim: int) -> Record:
-    scale = dim * math.log(2)
-    return Record("test_bpd", bits_per_dim(nll.value, dim), nll.stderr / scale if nll.stderr else None, nll.n,
-                  "bits/dim", settings={**nll.settings, "scale": "0-255, uniform dequantization"})
+def _bpd_record(nll: Record, ds: datasets.Dataset) -> Record:
+    """Bits/dim: 8-bit images carry a density of dequantized pixels on [0,1] (add log2 256 per dim for the
+    0–255 scale); binary images carry a probability mass function (no rescaling)."""
+    dim, levels = ds.dim, ds.info["levels"]
+    scale = 256 if levels == 256 else 1
+    note = "0-255 scale, uniform dequantization" if levels == 256 else "probability of the binary pixels"
+    return Record("test_bpd", bits_per_dim(nll.value, dim, scale=scale),
+                  nll.stderr / (dim * math.log(2)) if nll.stderr else None, nll.n, "bits/dim",
+                  settings={**nll.settings, "scale": note})
 
 
 def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> list[Record]:
@@ -118,7 +123,7 @@ def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> l
         why = f"{model.family}: an implicit model (samples only) has no tractable density or bound"
         return [Record(m, unit="nats", status="n/a", reason=why) for m in ("test_nll", "elbo_gap")]
     if ds.kind == "image":
-        out.append(_bpd_record(nll, ds.dim))
+        out.append(_bpd_record(nll, ds))
     return out
 
 

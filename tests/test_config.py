@@ -22,8 +22,8 @@ def test_default_config_is_valid():
     ({**GOOD, "seedz": [0]}, "Additional properties are not allowed ('seedz'"),
     ({**GOOD, "seeds": ["zero"]}, "at seeds.0: 'zero' is not of type 'integer'"),
     ({**GOOD, "device": "gpu"}, "at device"),
-    ({**GOOD, "methods": ["realnvq"]}, "unknown method 'realnvq'; valid methods: realnvp"),
-    ({**GOOD, "datasets": ["moon"]}, "unknown dataset 'moon'; valid datasets: moons, ring8, grid25, mnist"),
+    ({**GOOD, "methods": ["realnvq"]}, "unknown method 'realnvq'; valid methods: dcgan, dcgan-vaeinit, ffjord,"),
+    ({**GOOD, "datasets": ["moon"]}, "unknown dataset 'moon'; valid datasets: moons, ring8, grid25, mnist, binarized_mnist"),
     ({**GOOD, "hparams": {"realnvp": {"stepz": 3}}}, "unknown hyper-parameter(s) stepz for method 'realnvp'; valid:"),
     ({**GOOD, "hparams": {"vae": {"steps": 3}}}, "hparams.vae names method 'vae', which is not in `methods`"),
     ({**GOOD, "training": {"log_every": 0}}, "at training.log_every: 0 is less than the minimum of 1"),
@@ -47,7 +47,7 @@ def _cli(*args, timeout=10):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "nope", "--dataset", "moons"], "unknown method 'nope'; valid methods: realnvp"),
+    (["--method", "nope", "--dataset", "moons"], "unknown method 'nope'; valid methods: dcgan, dcgan-vaeinit,"),
     (["--method", "realnvp", "--dataset", "nope"], "unknown dataset 'nope'; valid datasets: moons"),
     (["--method", "realnvp", "--dataset", "moons", "--set", "stepz=1"], "unknown hyper-parameter(s) stepz"),
 ])
@@ -65,4 +65,4 @@ def test_snakemake_rejects_a_bad_config_before_running(tmp_path):
     res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
                          capture_output=True, text=True, timeout=60, cwd=config.SCHEMA.parent.parent)
     assert res.returncode != 0
-    assert "unknown method 'nope'; valid methods: realnvp" in res.stdout + res.stderr
+    assert "unknown method 'nope'; valid methods: dcgan, dcgan-vaeinit, ffjord" in res.stdout + res.stderr

@@ -1,0 +1,79 @@
+"""Evaluation dispatch: metrics by capability, n/a with reasons, failed metrics kept apart, reference floors."""
+import math
+
+import pytest
+import torch
+
+from bench import evaluate as ev
+from bench.errors import UserError
+from bench.sampling import sample_run
+from bench.train import RunSpec, train
+
+LOOP = {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 200}
+SMALL_EVAL = {"n_samples": {"points": 300}, "iwae_k": [1, 10], "iwae_n_test": {"points": 100}}
+
+
+def _run(tmp_path, method, dataset="ring8", **hp):
+    run = tmp_path / method
+    train(RunSpec.build(method, dataset, 0, {"steps": 20, **hp}, loop=LOOP), run, progress=False)
+    sample_run(run, 300)
+    return run
+
+
+def _records(result):
+    return {r["metric"]: r for r in result["records"]}
+
+
+def test_flow_gets_exact_nll_sample_metrics_and_modes(tmp_path):
+    rec = _records(ev.evaluate(_run(tmp_path, "realnvp", width=16), SMALL_EVAL))
+    assert rec["test_nll"]["status"] == "ok" and rec["test_nll"]["n"] == 10_000
+    assert rec["elbo_gap"]["value"] == 0.0
+    for metric in ("w1", "w2", "sliced_w2", "precision", "recall", "modes_covered", "high_quality", "mode_kl"):
+        assert rec[metric]["status"] == "ok" and rec[metric]["n"] == 300, metric
+    assert rec["w2"]["value"] >= rec["sliced_w2"]["value"] - 1e-9  # SW2 <= W2
+    assert 0 <= rec["modes_covered"]["value"] <= 8
+
+
+def test_gan_likelihood_is_not_applicable_with_a_reason(tmp_path):
+    rec = _records(ev.evaluate(_run(tmp_path, "dcgan"), SMALL_EVAL))
+    for metric in ("test_nll", "elbo_gap"):
+        assert rec[metric]["status"] == "n/a" and rec[metric]["value"] is None
+        assert "no tractable density" in rec[metric]["reason"]
+    assert rec["w2"]["status"] == "ok"
+
+
+def test_vae_reports_elbo_iwae_and_gap(tmp_path):
+    rec = _records(ev.evaluate(_run(tmp_path, "vae"), SMALL_EVAL))
+    assert {"elbo", "iwae_k1", "iwae_k10", "elbo_gap", "test_nll"} <= set(rec)
+    assert rec["test_nll"]["value"] == pytest.approx(-rec["iwae_k10"]["value"])
+    assert rec["elbo_gap"]["settings"]["k"] == 10 and math.isfinite(rec["elbo_gap"]["value"])
+
+
+def test_a_failing_metric_is_recorded_and_the_others_kept(tmp_path, monkeypatch):
+    run = _run(tmp_path, "realnvp", width=16)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setattr(ev, "exact_wasserstein", broken)
+    rec = _records(ev.evaluate(run, SMALL_EVAL))
+    assert rec["w2"]["status"] == "failed" and "solver exploded" in rec["w2"]["reason"]
+    assert rec["sliced_w2"]["status"] == "ok" and rec["test_nll"]["status"] == "ok"
+
+
+def test_diverged_run_gets_a_failed_record(tmp_path):
+    run = tmp_path / "div"
+    status = train(RunSpec.build("realnvp", "moons", 0, {"steps": 200, "lr": 1e6}, loop=LOOP), run, progress=False)
+    assert status["status"] == "diverged"
+    sample_run(run, 300)
+    result = ev.evaluate(run, SMALL_EVAL)
+    assert result["status"] == "diverged"
+    assert result["records"] == [{**result["records"][0], "metric": "training", "status": "failed"}]
+
+
+def test_reference_floor_and_sample_size_checks(tmp_path):
+    ref = _records(ev.reference("ring8", tmp_path / "ring8.json", SMALL_EVAL))
+    assert ref["test_nll"]["value"] == pytest.approx(-4.293, abs=0.03)  # the ring's entropy
+    assert ref["modes_covered"]["value"] == 8 and ref["high_quality"]["value"] > 0.95
+    with pytest.raises(UserError, match="larger than ring8's test set"):
+        ev.reference("ring8", tmp_path / "x.json", {"n_samples": {"points": 20_000}})
