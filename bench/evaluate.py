@@ -42,6 +42,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "sliced_projections": 200,
     "pr_k": 3,
     "inverse_error_n": 1000,
+    "inception_weights": None,  # torch-fidelity's Inception weights file: adds the standard Inception FID on images
 }
 
 
@@ -167,6 +168,11 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
         tf = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), extractor_name=name, weights_path=classifier)
         for key in ("fid", "precision", "recall"):
             run(key, lambda: tf[key], extractor=name, via="torch-fidelity")
+        if s["inception_weights"]:
+            inception = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), weights_path=s["inception_weights"],
+                                               prc=False)
+            run("fid_inception", lambda: inception["fid"], extractor="inception-v3-compat",
+                weights=str(s["inception_weights"]), via="torch-fidelity")
         preds = _batched(load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1)
         cov = class_coverage(preds.long(), 10)
         run("classes_covered", lambda: cov.classes_covered, of=10, classifier=name)
