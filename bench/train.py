@@ -118,7 +118,7 @@ def validation_loss(model: Any, x: torch.Tensor, chunk: int = 1024) -> float | N
 
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
+    fields = list(dict.fromkeys(["step", "wall_s", *(k for row in rows for k in row)]))  # a header even when empty
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()

@@ -20,14 +20,11 @@ from torch_fidelity import calculate_metrics, register_feature_extractor
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from metrics._arrays import as_float64
+
 _PSD_TOL = 1e-6  # relative size of a negative eigenvalue still treated as rounding noise
 _NAME_PREFIX = "mnist-classifier-"
 
-
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _psd_eigh(matrix: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +50,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     Rounding-level eigenvalues (either sign) are set to 0; clearly non-PSD or non-finite input raises
     ``ValueError`` instead of returning NaN. The result is not clipped and can be about −1e-12 for equal inputs.
     """
-    m1, m2, s1, s2 = (_to_numpy(v) for v in (mu1, mu2, sigma1, sigma2))
+    m1, m2, s1, s2 = (as_float64(v) for v in (mu1, mu2, sigma1, sigma2))
     if m1.ndim != 1 or m1.shape != m2.shape or s1.shape != (m1.size, m1.size) or s2.shape != s1.shape:
         raise ValueError(f"expected means (d,) and covariances (d, d); got {m1.shape}, {s1.shape}, {m2.shape}, {s2.shape}")
     if not all(np.isfinite(v).all() for v in (m1, m2, s1, s2)):
@@ -71,7 +68,7 @@ def fid(features_a, features_b) -> float:
     Covariances use ``np.cov(rowvar=False)`` (ddof=1), as in TTUR and torch-fidelity. Needs N ≥ 2 per set;
     N should exceed d (Heusel et al. recommend N ≥ 10,000).
     """
-    a, b = _to_numpy(features_a), _to_numpy(features_b)
+    a, b = as_float64(features_a), as_float64(features_b)
     if a.ndim != 2 or b.ndim != 2 or len(a) < 2 or len(b) < 2:
         raise ValueError(f"fid needs two 2-D feature arrays with at least 2 rows each; got {a.shape} and {b.shape}")
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))

@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy.special import logsumexp
+
+from metrics._arrays import as_float64
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,6 @@ class NLL:
     n: int
 
 
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
 
 def nll_nats(log_prob) -> NLL:
     """Mean NLL over examples: ``-mean(log p(x_i))`` with standard error ``std(log p, ddof=1) / sqrt(n)``.
@@ -34,7 +30,7 @@ def nll_nats(log_prob) -> NLL:
     ``log_prob`` holds one log-density (nats) per test example, any shape; it is flattened. The standard error
     measures evaluation noise over test points only, not seed variance. ``stderr`` is NaN when n = 1.
     """
-    values = _to_numpy(log_prob).ravel()
+    values = as_float64(log_prob).ravel()
     if values.size == 0:
         raise ValueError("nll_nats needs at least one log-probability; got an empty array")
     n = values.size
@@ -63,7 +59,7 @@ def iwae_log_likelihood(log_weights) -> np.ndarray:
     weights. Its expectation is a lower bound on log p(x) that is non-decreasing in k and tends to log p(x);
     k = 1 gives the ELBO. Returns a float64 array of shape ``log_weights.shape[:-1]``.
     """
-    values = _to_numpy(log_weights)
+    values = as_float64(log_weights)
     if values.ndim == 0 or values.shape[-1] == 0:
         raise ValueError(f"iwae_log_likelihood needs a non-empty last (k) axis; got shape {values.shape}")
     return logsumexp(values, axis=-1) - math.log(values.shape[-1])
@@ -74,4 +70,4 @@ def elbo_gap(log_likelihood, elbo) -> float:
 
     Pass scalars or per-example arrays of the same shape (e.g. an IWAE-k estimate with large k and the ELBO).
     """
-    return float(np.mean(_to_numpy(log_likelihood) - _to_numpy(elbo)))
+    return float(np.mean(as_float64(log_likelihood) - as_float64(elbo)))

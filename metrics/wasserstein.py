@@ -13,22 +13,22 @@ import warnings
 
 import numpy as np
 import ot
-import torch
+
+from metrics._arrays import as_float64
 
 
 class OTNotConvergedError(RuntimeError):
     """The exact OT solver stopped before optimality; its cost would be wrong, so no number is returned."""
 
 
+def _flat(x) -> np.ndarray:
+    x = as_float64(x)
+    return x.reshape(len(x), -1)
+
+
 _METRIC = {1: "euclidean", 2: "sqeuclidean"}
 _RESULT = {0: "infeasible problem", 2: "unbounded problem", 3: "iteration cap reached before optimality"}
 
-
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    return x.reshape(len(x), -1)
 
 
 def exact_wasserstein(
@@ -53,7 +53,7 @@ def exact_wasserstein(
     """
     if p not in _METRIC:
         raise ValueError(f"exact_wasserstein supports p=1 or p=2, got p={p}")
-    xs, ys = _to_numpy(x), _to_numpy(y)
+    xs, ys = _flat(x), _flat(y)
     if xs.shape[1] != ys.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {xs.shape[1]} and {ys.shape[1]}")
     n, m = len(xs), len(ys)
@@ -83,5 +83,5 @@ def sliced_wasserstein(x, y, n_projections: int = 200, seed: int = 0, p: int = 2
     ``n_projections`` seeded random directions and exact 1-D transport (sorting) via
     ``ot.sliced_wasserstein_distance``. A fast cross-check of exact W_p; not equal to it (SW_p ≤ W_p).
     """
-    xs, ys = _to_numpy(x), _to_numpy(y)
+    xs, ys = _flat(x), _flat(y)
     return float(ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=p, seed=seed))

@@ -32,7 +32,7 @@ from torchdiffeq import odeint
 
 from models import register
 from models.base import Method
-from models.images import dequantize, from_logit, to_logit
+from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
 
 ACTIVATIONS = {"tanh": torch.tanh, "softplus": nn.functional.softplus}
 
@@ -148,7 +148,7 @@ def sample_noise(x: torch.Tensor, kind: str) -> torch.Tensor:
 class FFJORD(Method):
     family = "cnf"
     capabilities = frozenset({"log_prob", "sample"})
-    unsupported = {"binarized_mnist": "a flow models continuous data; binary pixels have no density"}
+    unsupported = CONTINUOUS_ONLY
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:

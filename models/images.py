@@ -12,6 +12,9 @@ import math
 
 import torch
 
+# `unsupported` entry shared by the models of continuous data (flows, CNFs)
+CONTINUOUS_ONLY = {"binarized_mnist": "a flow models continuous data; binary pixels have no density"}
+
 
 def dequantize(x: torch.Tensor) -> torch.Tensor:
     """y = (x + u)/256 with u ~ U[0,1) from torch's global RNG (seeded by the loop and the evaluator)."""

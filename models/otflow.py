@@ -43,7 +43,7 @@ from torch import nn
 
 from models import register
 from models.base import Method
-from models.images import dequantize, from_logit, to_logit
+from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
 
 
 def _act(u: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ class Potential(nn.Module):
 class OTFlow(Method):
     family = "cnf"
     capabilities = frozenset({"log_prob", "sample"})
-    unsupported = {"binarized_mnist": "a flow models continuous data; binary pixels have no density"}
+    unsupported = CONTINUOUS_ONLY
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:

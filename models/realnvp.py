@@ -19,14 +19,14 @@ from torch import nn
 
 from models import register
 from models.base import Method, mlp
-from models.images import dequantize, from_logit, to_logit
+from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
 
 
 @register("realnvp")
 class RealNVP(Method):
     family = "flow"
     capabilities = frozenset({"log_prob", "sample"})
-    unsupported = {"binarized_mnist": "a flow models continuous data; binary pixels have no density"}
+    unsupported = CONTINUOUS_ONLY
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:

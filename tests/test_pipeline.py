@@ -31,15 +31,17 @@ def test_default_config_dry_run(tmp_path):
 def test_tiny_pipeline_end_to_end(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
-        "datasets": ["moons"], "methods": ["realnvp"], "seeds": [0, 1],
-        "hparams": {"realnvp": {"steps": 30, "width": 16}},
+        "datasets": ["moons"], "methods": ["realnvp", "vae"], "seeds": [0, 1],
+        # fault injection: the VAE's learning rate makes every run diverge; the pipeline must still finish
+        "hparams": {"realnvp": {"steps": 30, "width": 16}, "vae": {"steps": 30, "lr": 1.0e6}},
         "training": {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 500},
         "evaluation": {"n_samples": {"points": 500}},
     }))
     res = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
     assert res.returncode == 0, res.stderr[-3000:]
     summary = (tmp_path / "reports" / "tables" / "summary.md").read_text()
-    assert "| realnvp | 2 | 0 |" in summary and "test_nll" in summary
+    assert "| realnvp | 2 | 0 |" in summary and "| vae | 2 | 2 [" in summary
+    assert "vae: seed 0: non-finite loss" in summary
     df = pd.read_csv(tmp_path / "results" / "metrics.csv")
     nll = df[(df.metric == "test_nll") & (df.method == "realnvp")]
     assert sorted(nll.seed) == [0, 1] and nll.value.notna().all()
@@ -48,7 +50,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert (tmp_path / "results/runs/moons/realnvp/seed0/benchmark_train.tsv").exists()
     assert (tmp_path / "reports/figures/runs/moons/realnvp/seed1.png").exists()
     html = (tmp_path / "reports/report.html").read_text()
-    assert "data:image/png;base64," in html and "realnvp" in html
+    assert "data:image/png;base64," in html and "realnvp" in html and "non-finite loss" in html
     w2 = df[(df.metric == "w2")].set_index("method")
     assert w2.loc["data", "n"] == 500 and w2.loc["data", "value"] > 0
     again = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))

@@ -86,3 +86,43 @@ def test_batch_size_larger_than_data_is_rejected():
         EpochSampler(10, 64, seed=0)
     with pytest.raises(UserError, match="positive integer"):
         _spec(batch_size=0)
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
+    """A training process killed with SIGKILL resumes from its last periodic checkpoint on the next run and
+    ends with exactly the weights of an uninterrupted run (RNG states and data order are checkpointed)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    args = ["--method", "realnvp", "--dataset", "moons", "--seed", "0", "--hparams",
+            json.dumps({"steps": 400, "batch_size": 64, "width": 16}), "--loop",
+            json.dumps({**LOOP, "checkpoint_every": 50}), "--threads", "1", "--no-progress"]
+    cli = [sys.executable, "-m", "bench.cli", "train"]
+    subprocess.run([*cli, *args, "--out", str(tmp_path / "full")], check=True, capture_output=True, timeout=300)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*cli, *args, "--out", str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / RESUME).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert (cut / RESUME).exists() and not (cut / CHECKPOINT).exists(), "killed before the first checkpoint"
+    assert 0 < load_checkpoint(cut / RESUME)["step"] < 400
+    subprocess.run([*cli, *args, "--out", str(cut)], check=True, capture_output=True, timeout=300)
+    _assert_same(_weights(tmp_path / "full"), _weights(cut))
+
+
+def test_cli_reports_a_corrupt_checkpoint_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    train(_spec(steps=10), tmp_path, progress=False)
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    res = subprocess.run([sys.executable, "-m", "bench.cli", "evaluate", "--run", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith(f"dgmbench: error: checkpoint {tmp_path / CHECKPOINT} is corrupt")
+    assert line.endswith("delete it and retrain")
