@@ -154,6 +154,8 @@ rule reference:
     resources:
         mem_mb=6000,
         runtime=60,
+    benchmark:
+        "results/reference/benchmark_{dataset}.tsv"
     shell:
         "{DGMBENCH} reference --dataset {wildcards.dataset} --out {output} --settings {EVAL} {DATA_ROOT}"
         " {params.classifier} --threads {threads}"
