@@ -165,9 +165,10 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
         from metrics.fid import register_mnist_extractor, torch_fidelity_metrics
 
         name = register_mnist_extractor(classifier)
+        accuracy = read_json(Path(classifier).with_suffix(".json"))["test_accuracy"]
         tf = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), extractor_name=name, weights_path=classifier)
         for key in ("fid", "precision", "recall"):
-            run(key, lambda: tf[key], extractor=name, via="torch-fidelity")
+            run(key, lambda: tf[key], extractor=name, classifier_test_accuracy=accuracy, via="torch-fidelity")
         if s["inception_weights"]:
             inception = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), weights_path=s["inception_weights"],
                                                prc=False)

@@ -2,8 +2,9 @@
 
 Deterministic on CPU (seeded RNGs, deterministic kernels, data order derived from seed and step), resumable
 (`resume.pt` holds model, optimizers, RNG states, step and log, written atomically every `checkpoint_every`
-steps and on SIGTERM/SIGINT), and divergence-aware (a non-finite loss or parameter ends the run with a
-"diverged" status record instead of a traceback).
+steps and on SIGTERM/SIGINT), and failure-aware: a non-finite loss or parameter ends the run with a "diverged"
+status record, an exception inside a training step with a "failed" one (traceback printed to the job log), so
+the rest of the grid, the aggregation and the report still complete and show it.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import io
 import math
 import signal
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +201,12 @@ def train(spec: RunSpec, out_dir: Path, progress: bool | None = None) -> dict[st
     except _Interrupted as exc:
         save_torch(resume_path, state(step, {"status": "running"}))
         raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {step}), re-run to resume")
+    except (UserError, MemoryError, torch.OutOfMemoryError):
+        raise  # bad input is the user's to fix; out of memory fails the job so a cluster can retry it
+    except Exception as exc:  # a crashed run is a recorded failure, so the rest of the grid and the report go on
+        traceback.print_exc()
+        status = {"status": "failed", "step": step, "reason": f"{type(exc).__name__} at step {step}: {exc}",
+                  "last_finite_losses": last}
     finally:
         bar.close()
         for s, h in old_handlers.items():

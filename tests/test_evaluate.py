@@ -8,6 +8,7 @@ from bench import evaluate as ev
 from bench.errors import UserError
 from bench.sampling import sample_run
 from bench.train import RunSpec, train
+from conftest import needs_mnist
 
 LOOP = {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 200}
 SMALL_EVAL = {"n_samples": {"points": 300}, "iwae_k": [1, 10], "iwae_n_test": {"points": 100}}
@@ -77,3 +78,26 @@ def test_reference_floor_and_sample_size_checks(tmp_path):
     assert ref["modes_covered"]["value"] == 8 and ref["high_quality"]["value"] > 0.95
     with pytest.raises(UserError, match="larger than ring8's test set"):
         ev.reference("ring8", tmp_path / "x.json", {"n_samples": {"points": 20_000}})
+
+
+@needs_mnist
+def test_image_runs_get_bits_per_dim_fid_and_class_coverage(tmp_path):
+    from bench.io import save_torch, write_json
+    from metrics.fid import MnistClassifier
+
+    torch.manual_seed(0)
+    weights = tmp_path / "clf.pt"
+    save_torch(weights, MnistClassifier().state_dict())  # untrained: the plumbing is under test, not the numbers
+    write_json(tmp_path / "clf.json", {"test_accuracy": 0.1})
+    run = tmp_path / "run"
+    train(RunSpec.build("realnvp", "mnist", 0, {"steps": 2, "width": 16, "n_layers": 2}, loop=LOOP), run,
+          progress=False)
+    sample_run(run, 200)
+    settings = {"n_samples": {"image": 200}, "batch_size": 500}
+    rec = _records(ev.evaluate(run, settings, classifier=weights))
+    assert rec["test_nll"]["n"] == 10_000 and rec["test_bpd"]["unit"] == "bits/dim"
+    assert rec["test_bpd"]["value"] == pytest.approx(rec["test_nll"]["value"] / (784 * math.log(2)) + 8)
+    for metric in ("fid", "precision", "recall", "classes_covered", "class_kl", "w2"):
+        assert rec[metric]["status"] == "ok" and rec[metric]["n"] == 200, metric
+    assert rec["fid"]["settings"]["classifier_test_accuracy"] == 0.1
+    assert rec["fid"]["settings"]["extractor"].startswith("mnist-classifier-")

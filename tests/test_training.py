@@ -64,6 +64,18 @@ def test_non_finite_loss_is_a_divergence_record(tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT)["status"]["status"] == "diverged"
 
 
+def test_a_crashing_step_is_a_failure_record(tmp_path, monkeypatch):
+    from models.realnvp import RealNVP
+
+    def crash(self, x, optimizers, step):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(RealNVP, "train_step", crash)
+    status = train(_spec(), tmp_path, progress=False)
+    assert status["status"] == "failed" and status["reason"] == "RuntimeError at step 0: kernel exploded"
+    assert load_checkpoint(tmp_path / CHECKPOINT)["status"] == status
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     train(_spec(steps=10), tmp_path, progress=False)
     path = tmp_path / CHECKPOINT
