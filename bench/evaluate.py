@@ -132,31 +132,38 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
                    classifier: Path | None) -> list[Record]:
     """Sample-based metrics of `generated` (n samples in data space) against the first n test points."""
     n = len(generated)
-    real = ds.to_float(ds.test[:n]).flatten(1).double()
-    gen = generated.flatten(1).double()
+    real_data = ds.to_float(ds.test[:n])
+    real, gen = real_data.flatten(1).double(), generated.flatten(1).double()
     out: list[Record] = []
 
-    def run(metric: str, fn: Callable[[], Any], unit: str = "", **settings: Any) -> Any:
-        t0 = time.perf_counter()
+    def shared(metrics: tuple[str, ...], fn: Callable[[], Any]) -> Any:
+        """A computation several records read (e.g. precision and recall): on failure each is a failed record."""
         try:
-            value = fn()
+            return fn()
         except Exception as exc:  # one failing metric must not erase the others
-            out.append(Record(metric, n=n, status="failed", reason=f"{type(exc).__name__}: {exc}"))
+            out.extend(Record(m, n=n, status="failed", reason=f"{type(exc).__name__}: {exc}") for m in metrics)
             return None
-        out.append(Record(metric, float(value), n=n, unit=unit, settings={"reference": "test", **settings},
-                          wall_time_s=time.perf_counter() - t0))
-        return value
+
+    def run(metric: str, fn: Callable[[], Any], unit: str = "", **settings: Any) -> None:
+        t0 = time.perf_counter()
+        value = shared((metric,), fn)
+        if value is not None:
+            out.append(Record(metric, float(value), n=n, unit=unit, settings={"reference": "test", **settings},
+                              wall_time_s=time.perf_counter() - t0))
 
     run("w1", lambda: exact_wasserstein(gen, real, p=1), solver="POT emd2 exact")
     run("w2", lambda: exact_wasserstein(gen, real, p=2), solver="POT emd2 exact")
     run("sliced_w2", lambda: sliced_wasserstein(gen, real, n_projections=s["sliced_projections"], seed=0),
         projections=s["sliced_projections"])
     if ds.kind == "points":
-        pr = knn_precision_recall(real, gen, k=s["pr_k"])
-        run("precision", lambda: pr.precision, k=s["pr_k"], space="data")
-        run("recall", lambda: pr.recall, k=s["pr_k"], space="data")
-        if "centers" in ds.info:
-            cov = mixture_mode_coverage(gen, ds.info["centers"], ds.info["std"])
+        pr = shared(("precision", "recall"), lambda: knn_precision_recall(real, gen, k=s["pr_k"]))
+        if pr is not None:
+            run("precision", lambda: pr.precision, k=s["pr_k"], space="data")
+            run("recall", lambda: pr.recall, k=s["pr_k"], space="data")
+        mode_metrics = ("modes_covered", "high_quality", "mode_kl")
+        cov = shared(mode_metrics, lambda: mixture_mode_coverage(gen, ds.info["centers"], ds.info["std"])) \
+            if "centers" in ds.info else None
+        if cov is not None:
             run("modes_covered", lambda: cov.modes_covered, of=cov.num_modes, threshold="3 sigma")
             run("high_quality", lambda: cov.high_quality_fraction, threshold="3 sigma")
             run("mode_kl", lambda: cov.kl_to_uniform, "nats", histogram="high-quality samples vs uniform")
@@ -166,18 +173,20 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
 
         name = register_mnist_extractor(classifier)
         accuracy = read_json(Path(classifier).with_suffix(".json"))["test_accuracy"]
-        tf = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), extractor_name=name, weights_path=classifier)
-        for key in ("fid", "precision", "recall"):
+        tf_metrics = ("fid", "precision", "recall")
+        tf = shared(tf_metrics, lambda: torch_fidelity_metrics(generated, real_data, extractor_name=name,
+                                                                weights_path=classifier))
+        for key in tf_metrics if tf is not None else ():
             run(key, lambda: tf[key], extractor=name, classifier_test_accuracy=accuracy, via="torch-fidelity")
         if s["inception_weights"]:
-            inception = torch_fidelity_metrics(generated, ds.to_float(ds.test[:n]), weights_path=s["inception_weights"],
-                                               prc=False)
-            run("fid_inception", lambda: inception["fid"], extractor="inception-v3-compat",
-                weights=str(s["inception_weights"]), via="torch-fidelity")
-        preds = _batched(load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1)
-        cov = class_coverage(preds.long(), 10)
-        run("classes_covered", lambda: cov.classes_covered, of=10, classifier=name)
-        run("class_kl", lambda: cov.kl_to_uniform, "nats", classifier=name)
+            run("fid_inception", lambda: torch_fidelity_metrics(generated, real_data, prc=False,
+                                                                weights_path=s["inception_weights"])["fid"],
+                extractor="inception-v3-compat", weights=str(s["inception_weights"]), via="torch-fidelity")
+        classes = shared(("classes_covered", "class_kl"), lambda: class_coverage(
+            _batched(load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
+        if classes is not None:
+            run("classes_covered", lambda: classes.classes_covered, of=10, classifier=name)
+            run("class_kl", lambda: classes.kl_to_uniform, "nats", classifier=name)
     return out
 
 

@@ -101,3 +101,16 @@ def test_image_runs_get_bits_per_dim_fid_and_class_coverage(tmp_path):
         assert rec[metric]["status"] == "ok" and rec[metric]["n"] == 200, metric
     assert rec["fid"]["settings"]["classifier_test_accuracy"] == 0.1
     assert rec["fid"]["settings"]["extractor"].startswith("mnist-classifier-")
+
+
+def test_a_failing_shared_computation_fails_only_its_records(tmp_path, monkeypatch):
+    run = _run(tmp_path, "realnvp", width=16)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("knn exploded")
+
+    monkeypatch.setattr(ev, "knn_precision_recall", broken)
+    rec = _records(ev.evaluate(run, SMALL_EVAL))
+    for metric in ("precision", "recall"):
+        assert rec[metric]["status"] == "failed" and "knn exploded" in rec[metric]["reason"]
+    assert rec["w2"]["status"] == "ok" and rec["modes_covered"]["status"] == "ok"
