@@ -8,6 +8,7 @@ import yaml
 
 from bench import config
 from bench.config import SCHEMA
+from conftest import needs_mnist
 
 REPO = SCHEMA.parent.parent
 
@@ -17,6 +18,7 @@ def _snakemake(workdir, *args):
                            "--directory", str(workdir), *args], capture_output=True, text=True, timeout=600)
 
 
+@needs_mnist  # the default config includes MNIST, and the Snakefile checks the data before planning
 def test_default_config_dry_run(tmp_path):
     runs, skipped = config.grid(config.load(REPO / "config" / "default.yaml"))
     res = _snakemake(tmp_path, "-n")
