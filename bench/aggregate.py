@@ -12,8 +12,8 @@ import pandas as pd
 from bench.io import read_json, write_text
 
 COLUMNS = ["dataset", "method", "family", "seed", "metric", "value", "stderr", "n", "unit", "status", "reason",
-           "run_status", "git_commit", "git_dirty", "config_hash", "config", "data_fingerprint", "packages",
-           "device", "train_wall_time_s", "slurm_job_train", "slurm_job_evaluate"]
+           "run_status", "retry_seed", "git_commit", "git_dirty", "config_hash", "config", "data_fingerprint",
+           "packages", "device", "train_wall_time_s", "slurm_job_train", "slurm_job_evaluate"]
 REFERENCE_FAMILY = "reference"  # the data-vs-data floors (method "data"): no training, no cost rows
 BENCHMARK_FILE = "benchmark_{step}.tsv"  # Snakemake `benchmark:` output of the train/sample/evaluate rules
 
@@ -53,6 +53,7 @@ def collect(paths: Iterable[Path]) -> pd.DataFrame:
         train, machine = m["train"], m["train"]["machine"]
         common = {
             **m["run"], "family": m["family"], "run_status": m["status"],
+            "retry_seed": train.get("status", {}).get("retry", {}).get("seed"),  # set when a diverged run was retried
             "git_commit": machine["git"]["commit"], "git_dirty": machine["git"]["dirty"],
             "config_hash": train["config_hash"], "config": json.dumps(train["spec"], sort_keys=True),
             "data_fingerprint": train["data"]["fingerprint"], "packages": json.dumps(machine["packages"], sort_keys=True),

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -65,8 +66,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                          device=args.device, data_root=args.data_root, loop={**args.loop}, init_runs=dict(args.init))
     _threads(args.threads)
     status = train(spec, args.out, progress=None if args.progress else False)
-    print(f"{spec.method}/{spec.dataset}/seed{spec.seed}: {status['status']}"
-          + (f" ({status['reason']})" if status["status"] != "ok" else "") + f" -> {args.out}")
+    note = f" ({status['reason']})" if status["status"] != "ok" else ""
+    if "retry" in status:
+        note += f" (retried with seed {status['retry']['seed']} after: {status['retry']['original_status']['reason']})"
+    print(f"{spec.method}/{spec.dataset}/seed{spec.seed}: {status['status']}{note} -> {args.out}")
 
 
 def _print_records(result: dict[str, Any]) -> None:
@@ -216,13 +219,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> NoReturn:
+    print(f"dgmbench: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as exc:
-        print(f"dgmbench: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _fail(f"could not write {exc.filename}: {exc.strerror} (no partial file was left); free space on that disk "
+              "or write the results to another one (--out, or snakemake --directory), then re-run")
 
 
 if __name__ == "__main__":

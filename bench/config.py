@@ -14,6 +14,8 @@ import yaml
 import models
 from bench import datasets
 from bench.errors import UserError
+from bench.evaluate import check_metrics
+from bench.train import resolve_hparams
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -58,6 +60,10 @@ def _check_names(cfg: dict[str, Any]) -> None:
         datasets.check_name(name)
     for name in cfg["methods"]:
         models.get(name)
+    try:
+        check_metrics(cfg["evaluation"].get("metrics"))
+    except UserError as exc:
+        raise UserError(f"evaluation.metrics: {exc}") from None
     for key, deltas in cfg["hparams"].items():
         method, _, dataset = key.partition("@")
         if method not in cfg["methods"]:
@@ -65,7 +71,7 @@ def _check_names(cfg: dict[str, Any]) -> None:
         for ds in [dataset] if dataset else cfg["datasets"]:
             if not models.get(method).unsupported.get(ds):
                 try:
-                    models.resolve_hparams(method, ds, deltas)
+                    resolve_hparams(method, ds, deltas)
                 except UserError as exc:
                     raise UserError(f"hparams.{key}: {exc}") from None
 

@@ -9,7 +9,8 @@
 - `reference` applies the sample metrics to real data (train vs test, same n): the noise floor every model's
   numbers are read against, with the data's own entropy (the NLL floor) where the density is known.
 A metric that does not apply to a method is an "n/a" record with the reason; a metric that fails is a
-"failed" record and the others are kept; a diverged run gets a "failed" record.
+"failed" record and the others are kept; a diverged run gets a "failed" record. The setting `metrics` (names from
+METRICS) restricts the records to those metrics and skips the computations only the others need.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ from metrics.precision_recall import knn_precision_recall
 from metrics.wasserstein import exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
+# Every metric a run's records can carry (besides "training", the record of a failed run); "iwae_k" stands for
+# the records iwae_k1, iwae_k10, ... (one per `iwae_k` setting).
+METRICS = ("test_nll", "test_bpd", "elbo", "iwae_k", "elbo_gap", "inverse_error", "w1", "w2", "sliced_w2",
+           "precision", "recall", "modes_covered", "high_quality", "mode_kl", "fid", "fid_inception",
+           "classes_covered", "class_kl", "samples_per_s")
 EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 1000,
     "device": "cpu",
@@ -43,6 +49,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "pr_k": 3,
     "inverse_error_n": 1000,
     "inception_weights": None,  # torch-fidelity's Inception weights file: adds the standard Inception FID on images
+    "metrics": None,  # names from METRICS to compute; None: every applicable metric
 }
 
 
@@ -59,10 +66,32 @@ class Record:
     wall_time_s: float = 0.0
 
 
+def check_metrics(names: list[str] | None) -> None:
+    unknown = [n for n in names or () if n not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric {unknown[0]!r}; valid metrics: {', '.join(METRICS)}")
+
+
 def settings_for(user: dict[str, Any] | None) -> dict[str, Any]:
     """The evaluation defaults updated by the config; per-kind settings ({points, image}) merge key by key."""
     user = user or {}
+    check_metrics(user.get("metrics"))
     return {k: {**v, **user.get(k, {})} if isinstance(v, dict) else user.get(k, v) for k, v in EVAL_DEFAULTS.items()}
+
+
+def _name(metric: str) -> str:
+    """The METRICS name of a record: iwae_k10 -> iwae_k."""
+    return "iwae_k" if metric.startswith("iwae_k") else metric
+
+
+def wanted(s: dict[str, Any], *metrics: str) -> bool:
+    """Whether the settings ask for any of `metrics`."""
+    return s["metrics"] is None or any(_name(m) in s["metrics"] for m in metrics)
+
+
+def _selected(records: list[Record], s: dict[str, Any]) -> list[Record]:
+    """The records of the selected metrics, and those of no metric (a failed group of computations)."""
+    return [r for r in records if _name(r.metric) not in METRICS or wanted(s, r.metric)]
 
 
 def _kind_value(setting: Any, ds: datasets.Dataset) -> Any:
@@ -100,30 +129,42 @@ def _bpd_record(nll: Record, ds: datasets.Dataset) -> Record:
 
 
 def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> list[Record]:
+    """Likelihood records; computes only what the selected metrics need (it may return a few more records)."""
     dev, caps = model.device, model.capabilities
+    need_nll = wanted(s, "test_nll", "test_bpd")
+    nll, out = None, []
     if "log_prob" in caps:
-        res = nll_nats(_batched(model.log_prob, ds.test, s["batch_size"], dev))
         info = model.solver_info() if hasattr(model, "solver_info") else {}
-        nll = Record("test_nll", res.mean, res.stderr, res.n, "nats", settings={"estimator": "exact", **info})
-        out = [nll, Record("elbo_gap", 0.0, unit="nats", settings={"why": "exact likelihood: no bound, gap 0 by construction"})]
-        if hasattr(model, "inverse_error"):
+        if need_nll:
+            res = nll_nats(_batched(model.log_prob, ds.test, s["batch_size"], dev))
+            nll = Record("test_nll", res.mean, res.stderr, res.n, "nats", settings={"estimator": "exact", **info})
+            out.append(nll)
+        out.append(Record("elbo_gap", 0.0, unit="nats",
+                          settings={"why": "exact likelihood: no bound, gap 0 by construction"}))
+        if hasattr(model, "inverse_error") and wanted(s, "inverse_error"):
             x = ds.test[: s["inverse_error_n"]]
             out.append(_mean_record("inverse_error", _batched(model.inverse_error, x, s["batch_size"], dev), "",
                                     norm="L2 of x - g(g^-1(x))", **info))
     elif "iwae" in caps:
         x = ds.test[: _kind_value(s["iwae_n_test"], ds)]
-        elbo = _batched(model.elbo, x, s["batch_size"], dev)
-        out = [_mean_record("elbo", elbo, "nats", split="test")]
-        for k in sorted(s["iwae_k"]):  # the last one, k_max, gives the NLL estimate and the gap
+        if wanted(s, "elbo", "elbo_gap"):
+            elbo = _batched(model.elbo, x, s["batch_size"], dev)
+            out.append(_mean_record("elbo", elbo, "nats", split="test"))
+        ks = sorted(s["iwae_k"])  # the last one, k_max, gives the NLL estimate and the gap
+        if not wanted(s, "iwae_k"):
+            ks = ks[-1:] if wanted(s, "test_nll", "test_bpd", "elbo_gap") else []
+        for k in ks:
             iw = _batched(lambda b: model.iwae(b, k), x, max(1, s["batch_size"] // k), dev)
             out.append(_mean_record(f"iwae_k{k}", iw, "nats", k=k))
-        kmax = k
-        nll = _mean_record("test_nll", -iw, "nats", estimator=f"IWAE k={kmax} (upper bound on the NLL)", k=kmax)
-        out += [nll, _mean_record("elbo_gap", iw - elbo, "nats", definition=f"IWAE_{kmax} - ELBO", k=kmax)]
+        if need_nll:
+            nll = _mean_record("test_nll", -iw, "nats", estimator=f"IWAE k={k} (upper bound on the NLL)", k=k)
+            out.append(nll)
+        if wanted(s, "elbo_gap"):
+            out.append(_mean_record("elbo_gap", iw - elbo, "nats", definition=f"IWAE_{k} - ELBO", k=k))
     else:
         why = f"{model.family}: an implicit model (samples only) has no tractable density or bound"
         return [Record(m, unit="nats", status="n/a", reason=why) for m in ("test_nll", "elbo_gap")]
-    if ds.kind == "image":
+    if ds.kind == "image" and nll is not None:
         out.append(_bpd_record(nll, ds))
     return out
 
@@ -137,7 +178,10 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
     out: list[Record] = []
 
     def shared(metrics: tuple[str, ...], fn: Callable[[], Any]) -> Any:
-        """A computation several records read (e.g. precision and recall): on failure each is a failed record."""
+        """A computation several records read (e.g. precision and recall), done only when one of them is selected:
+        on failure each is a failed record."""
+        if not wanted(s, *metrics):
+            return None
         try:
             return fn()
         except Exception as exc:  # one failing metric must not erase the others
@@ -221,6 +265,7 @@ def evaluate(run_dir: Path, settings: dict[str, Any] | None = None, classifier: 
         records += _timed_group(lambda: sample_records(ds, saved["samples"], s, classifier), "samples")
         records.append(Record("samples_per_s", saved["samples_per_s"], n=saved["n"], unit="1/s",
                               settings={"device": s["device"]}))
+        records = _selected(records, s)
     result = {
         "run": {k: spec[k] for k in ("dataset", "method", "seed")},
         "family": model.family,
@@ -241,7 +286,7 @@ def reference(dataset: str, out: Path, settings: dict[str, Any] | None = None, d
     ds = datasets.load(dataset, data_root)
     n = sample_size(ds, s)
     records = _timed_group(lambda: sample_records(ds, ds.to_float(ds.train[:n]), s, classifier), "samples")
-    if ds.log_prob is not None:
+    if ds.log_prob is not None and wanted(s, "test_nll"):
         res = nll_nats(ds.log_prob(ds.test))
         records.insert(0, Record("test_nll", res.mean, res.stderr, res.n, "nats",
                                  settings={"what": "entropy of the data density on the test set (NLL floor)"}))

@@ -111,6 +111,8 @@ def load_metrics(path: Path) -> pd.DataFrame:
     otherwise read the status "n/a" as NaN)."""
     df = pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False, na_values=[""])
     df[list(TEXT_COLUMNS)] = df[list(TEXT_COLUMNS)].fillna("")
+    if "retry_seed" not in df:  # a table aggregated before retries were recorded
+        df["retry_seed"] = np.nan
     return df
 
 
@@ -121,15 +123,20 @@ def method_order(df: pd.DataFrame) -> list[str]:
 
 
 def run_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method): family, runs, failed runs, seeds and why runs failed ('seed s: reason; …')."""
+    """Per (dataset, method): family, runs, failed runs, seeds, why runs failed ('seed s: reason; …'), and the runs
+    that diverged and were trained again with a new seed (`training.retry_diverged`; counted whatever the outcome)."""
     runs = df.drop_duplicates(["dataset", "method", "seed"]).sort_values("seed")
     reasons: dict[tuple[str, str], list[str]] = {}
     for r in df[(df.metric == TRAINING) & (df.status != "ok")].sort_values("seed").itertuples():
         reasons.setdefault((r.dataset, r.method), []).append(f"seed {int(r.seed)}: {r.reason}")
+    retries: dict[tuple[str, str], list[str]] = {}
+    for r in runs[runs.retry_seed.notna()].itertuples():
+        retries.setdefault((r.dataset, r.method), []).append(f"seed {int(r.seed)} as seed {int(r.retry_seed)}")
     out = runs.groupby(["dataset", "method"]).agg(
-        family=("family", "first"), n_runs=("seed", "size"),
-        n_failed=("run_status", lambda s: int((s != "ok").sum())), seeds=("seed", lambda s: sorted(s.astype(int))))
+        family=("family", "first"), n_runs=("seed", "size"), n_failed=("run_status", lambda s: int((s != "ok").sum())),
+        n_retried=("retry_seed", lambda s: int(s.notna().sum())), seeds=("seed", lambda s: sorted(s.astype(int))))
     out["failure_reason"] = ["; ".join(reasons.get(key, [])) for key in out.index]
+    out["retry_note"] = ["diverged, retried: " + ", ".join(retries[key]) if key in retries else "" for key in out.index]
     return out
 
 
@@ -139,7 +146,7 @@ def ok_values(df: pd.DataFrame) -> pd.DataFrame:
 
 
 STAT_COLUMNS = ["dataset", "method", "family", "metric", "unit", "direction", "status", "mean", "half_width", "low",
-                "high", "median", "sd", "n", "n_runs", "n_failed", "seeds", "values", "reason"]
+                "high", "median", "sd", "n", "n_runs", "n_failed", "n_retried", "seeds", "values", "reason"]
 
 
 def seed_statistics(df: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
@@ -153,7 +160,8 @@ def seed_statistics(df: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
         run = runs.loc[(dataset, method)]
         row = {"dataset": dataset, "method": method, "family": run.family, "metric": metric,
                "unit": next((u for u in g.unit if u), ""), "direction": stats.direction(metric) or "",
-               "n_runs": run.n_runs, "n_failed": run.n_failed, "seeds": ";".join(str(int(s)) for s in ok.seed),
+               "n_runs": run.n_runs, "n_failed": run.n_failed, "n_retried": run.n_retried,
+               "seeds": ";".join(str(int(s)) for s in ok.seed),
                "reason": "; ".join(dict.fromkeys(r for r in bad.reason if r))}
         if len(ok):
             s = stats.summarize(ok.value, level)
@@ -435,7 +443,8 @@ def method_table(res: Results, dataset: str, columns: Iterable[Column], name: st
     rows = []
     for m in res.methods_on(dataset, floor=floor):
         run = res.runs.loc[(dataset, m)]
-        failed = Cell(str(run.n_failed), notes.ref(f"{m}: {run.failure_reason}") if run.n_failed else ())
+        failed = Cell(str(run.n_failed), (notes.ref(f"{m}: {run.failure_reason}") if run.n_failed else ())
+                      + (notes.ref(f"{m}: {run.retry_note}") if run.n_retried else ()))
         rows.append([Cell(FLOOR_LABEL if m == FLOOR else m), Cell(str(run.n_runs)), failed]
                     + [_metric_cell(res, dataset, m, c, notes) for c in cols])
     return Table(name, title, caption, ["method", "seeds", "failed"] + [c.header() for c in cols], rows, notes.texts)
@@ -719,11 +728,12 @@ def runs_table(res: Results) -> Table:
         config, config_hash = _config(res, dataset, method)
         hashes = sorted(res.df[(res.df.dataset == dataset) & (res.df.method == method)].config_hash.unique())
         rows.append([Cell(dataset), Cell(method), Cell(run.family), Cell(", ".join(map(str, run.seeds))),
-                     Cell(str(run.n_failed)), Cell(", ".join(hashes)),
+                     Cell(str(run.n_failed)), Cell(str(run.n_retried)), Cell(", ".join(hashes)),
                      Cell(json.dumps(config.get("hparams", {}), sort_keys=True))])
     return Table("runs", "Runs and configurations", "Every (dataset, method) of this run with its seeds, failed runs, "
-                 "config hash(es) and resolved hyper-parameters (the same for every seed when one hash is listed).",
-                 ["dataset", "method", "family", "seeds", "failed", "config", "hyper-parameters"], rows)
+                 "runs retried with a new seed after diverging, config hash(es) and resolved hyper-parameters (the "
+                 "same for every seed when one hash is listed).",
+                 ["dataset", "method", "family", "seeds", "failed", "retried", "config", "hyper-parameters"], rows)
 
 
 def intro(res: Results, test: str) -> list[Block]:
@@ -738,7 +748,8 @@ def intro(res: Results, test: str) -> list[Block]:
     return [
         Heading("dgmbench report", 1),
         Paragraph(f"Methods {families} on datasets {', '.join(res.datasets)}, seeds {', '.join(map(str, seeds))}: "
-                  f"{int(runs.n_runs.sum())} training runs, {int(runs.n_failed.sum())} failed or diverged. Code "
+                  f"{int(runs.n_runs.sum())} training runs, {int(runs.n_failed.sum())} failed or diverged, "
+                  f"{int(runs.n_retried.sum())} retried with a new seed after diverging. Code "
                   f"version: {_code_version(res.df)}. Devices: {', '.join(sorted(set(df.device) - {''})) or 'n/a'}."),
         Paragraph(f"Packages: {_packages(res.df)}."),
         Paragraph("Evaluation settings (from the data-vs-data reference runs): "

@@ -15,8 +15,32 @@ def seed_everything(seed: int, device: torch.device) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS reductions
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    # warn_only on GPU: a kernel without a deterministic CUDA implementation warns instead of failing the run
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+
+
+CUDA_NOT_GUARANTEED = (
+    "some CUDA kernels have no deterministic implementation in torch (e.g. the backward passes of adaptive pooling "
+    "and of interpolate, histc, bincount); warn_only=True lets them run with a warning in the job log, so reruns "
+    "can differ in the last bits; results also change with the GPU model and the CUDA, cuBLAS and cuDNN versions")
+
+
+def determinism(device: torch.device) -> dict[str, Any]:
+    """The determinism settings a run trained under and what they guarantee (recorded in its provenance)."""
+    settings = {
+        "device_type": device.type,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+    if device.type == "cpu":
+        return {**settings, "bit_identical": True, "reason": "on CPU the same config and seed give identical "
+                "checkpoints (tested; same machine, torch build and thread count)"}
+    return {**settings, "bit_identical": "not guaranteed", "reason": CUDA_NOT_GUARANTEED}
 
 
 def rng_state() -> dict[str, Any]:

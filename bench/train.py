@@ -4,7 +4,8 @@ Deterministic on CPU (seeded RNGs, deterministic kernels, data order derived fro
 (`resume.pt` holds model, optimizers, RNG states, step and log, written atomically every `checkpoint_every`
 steps and on SIGTERM/SIGINT), and failure-aware: a non-finite loss or parameter ends the run with a "diverged"
 status record, an exception inside a training step with a "failed" one (traceback printed to the job log), so
-the rest of the grid, the aggregation and the report still complete and show it.
+the rest of the grid, the aggregation and the report still complete and show it. With the opt-in loop setting
+`retry_diverged`, a diverged run is trained once more from scratch with the seed `retry_seed(seed)`.
 """
 from __future__ import annotations
 
@@ -24,11 +25,37 @@ from tqdm import tqdm
 import models
 from bench import datasets, provenance
 from bench.errors import UserError
-from bench.io import save_torch, write_json, write_text
-from bench.seeding import resolve_device, rng_state, seed_everything, set_rng_state
+from bench.io import as_json, as_text, as_torch, save_torch, write_files
+from bench.seeding import determinism, resolve_device, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT, RESUME, LOG, PROVENANCE = "checkpoint.pt", "resume.pt", "train_log.csv", "provenance.json"
 LOOP_DEFAULTS = {"log_every": 100, "val_every": 1000, "checkpoint_every": 1000, "val_size": 5000}
+RETRY = "retry_diverged"  # opt-in, default false; not in LOOP_DEFAULTS so runs without it keep their config hash
+RETRY_SEED_OFFSET = 3_000_003
+
+
+def retry_seed(seed: int) -> int:
+    """Seed of the one retry of a diverged run: seed + 3,000,003, a function of the original seed alone (the retry
+    is reproducible) and far above the small seeds of a grid."""
+    return seed + RETRY_SEED_OFFSET
+
+
+def resolve_hparams(method: str, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The method's hyper-parameters for `dataset` with `overrides`, checked for what the loop needs."""
+    hp = models.resolve_hparams(method, dataset, overrides)
+    for key in ("steps", "batch_size"):
+        if not isinstance(hp[key], int) or hp[key] < 1:
+            raise UserError(f"hyper-parameter {key} of {method} must be a positive integer, got {hp[key]!r}")
+    return hp
+
+
+def check_loop(loop: dict[str, Any]) -> None:
+    """Training-loop settings from the CLI's --loop (the pipeline's are schema-checked too)."""
+    for key, value in loop.items():
+        if key == RETRY and isinstance(value, bool) or key in LOOP_DEFAULTS and type(value) is int and value >= 1:
+            continue
+        raise UserError(f"training-loop setting {key}={value!r} is invalid; valid: {', '.join(LOOP_DEFAULTS)} "
+                        f"(positive integers) and {RETRY} (true or false)")
 
 
 @dataclass
@@ -42,18 +69,16 @@ class RunSpec:
     device: str = "cpu"
     data_root: str | None = None
     init_runs: dict[str, str] = field(default_factory=dict)  # required method -> its trained run folder
-    loop: dict[str, int] = field(default_factory=lambda: dict(LOOP_DEFAULTS))
+    loop: dict[str, Any] = field(default_factory=lambda: dict(LOOP_DEFAULTS))  # LOOP_DEFAULTS keys and RETRY
 
     @classmethod
     def build(cls, method: str, dataset: str, seed: int, overrides: dict[str, Any] | None = None,
               **kwargs: Any) -> "RunSpec":
         """Validate names and hyper-parameters (a UserError before any compute) and resolve defaults."""
         datasets.check_name(dataset)
-        hp = models.resolve_hparams(method, dataset, overrides)
-        for key in ("steps", "batch_size"):
-            if not isinstance(hp[key], int) or hp[key] < 1:
-                raise UserError(f"hyper-parameter {key} of {method} must be a positive integer, got {hp[key]!r}")
+        hp = resolve_hparams(method, dataset, overrides)
         loop = {**LOOP_DEFAULTS, **(kwargs.pop("loop", None) or {})}
+        check_loop(loop)
         init_runs = kwargs.pop("init_runs", None) or {}
         required = set(models.get(method).requires)
         if set(init_runs) != required:
@@ -87,6 +112,11 @@ class EpochSampler:
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
         return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
+    def batch(self, ds: datasets.Dataset, train_x: torch.Tensor, step: int) -> torch.Tensor:
+        """Minibatch `step` of `train_x` (the in-memory training set), after the dataset's train transform."""
+        batch = train_x[self.indices(step)]
+        return batch if ds.train_transform is None else ds.train_transform(batch)
+
 
 class _Interrupted(Exception):
     pass
@@ -119,54 +149,96 @@ def validation_loss(model: Any, x: torch.Tensor, chunk: int = 1024) -> float | N
     return total / n
 
 
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+def _log_csv(rows: list[dict[str, Any]]) -> str:
     fields = list(dict.fromkeys(["step", "wall_s", *(k for row in rows for k in row)]))  # a header even when empty
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _load_resume(path: Path, cfg_hash: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt["config_hash"] != cfg_hash:
+        print(f"dgmbench: ignoring {path}: it belongs to a different configuration")
+        return None
+    return ckpt
 
 
 def train(spec: RunSpec, out_dir: Path, progress: bool | None = None) -> dict[str, Any]:
-    """Train one run into `out_dir` (checkpoint.pt, train_log.csv, provenance.json); returns the status record."""
+    """Train one run into `out_dir` (checkpoint.pt, train_log.csv, provenance.json); returns the status record.
+
+    With `retry_diverged` in `spec.loop`, a diverged run is trained once more from scratch in the same folder with
+    `retry_seed(spec.seed)`; the status then has a "retry" entry (seed used, original seed, original diverged
+    status), and stays "diverged" if the retry diverges too. `spec.seed` remains the run's identity."""
     out_dir = Path(out_dir)
     device = resolve_device(spec.device)
     ds = datasets.load(spec.dataset, spec.data_root)
-    hp, loop = spec.hparams, spec.loop
     cfg_hash = provenance.config_hash(spec.to_dict())
-    seed_everything(spec.seed, device)
+    resume = _load_resume(out_dir / RESUME, cfg_hash)
+    retry = resume["status"].get("retry") if resume else None  # set when the interrupted attempt was the retry
+    ckpt = _attempt(spec, ds, device, out_dir, cfg_hash, resume, retry, progress)
+    if ckpt["status"]["status"] == "diverged" and spec.loop.get(RETRY) and retry is None:
+        retry = {"seed": retry_seed(spec.seed), "original_seed": spec.seed, "original_status": ckpt["status"],
+                 "original_train_wall_time_s": ckpt["train_wall_time_s"]}
+        print(f"dgmbench: {ckpt['status']['reason']}; retrying once from scratch with seed {retry['seed']}")
+        ckpt = _attempt(spec, ds, device, out_dir, cfg_hash, None, retry, progress)
+    status = ckpt["status"]
+    write_files({  # together: a failed write (full disk) leaves none of the three
+        out_dir / LOG: as_text(_log_csv(ckpt["log"])),
+        out_dir / PROVENANCE: as_json({
+            "spec": spec.to_dict(), "config_hash": cfg_hash, "status": status,
+            "data": {"name": ds.name, "version": ds.version, "fingerprint": ds.fingerprint},
+            "train_wall_time_s": ckpt["train_wall_time_s"] + (retry["original_train_wall_time_s"] if retry else 0.0),
+            "steps_done": ckpt["step"], "selection_rule": "final",
+            "machine": provenance.collect(device), "determinism": determinism(device),
+        }),
+        out_dir / CHECKPOINT: as_torch(ckpt),
+    })
+    (out_dir / RESUME).unlink(missing_ok=True)
+    return status
+
+
+def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir: Path, cfg_hash: str,
+             resume: dict[str, Any] | None, retry: dict[str, Any] | None, progress: bool | None) -> dict[str, Any]:
+    """One training attempt (seeded with the retry's seed when `retry` is set), continued from `resume` if given;
+    returns its final checkpoint dict, whose status carries `retry`."""
+    hp, loop = spec.hparams, spec.loop
+    seed = retry["seed"] if retry else spec.seed
+    seed_everything(seed, device)
     model = models.get(spec.method)(ds, hp).to(device)
     optimizers = model.configure_optimizers()
     train_x, val_x = ds.train.to(device), ds.val[: loop["val_size"]].to(device)
-    sampler = EpochSampler(len(train_x), hp["batch_size"], spec.seed)
+    sampler = EpochSampler(len(train_x), hp["batch_size"], seed)
 
     start, rows, elapsed = 0, [], 0.0
-    resume_path = out_dir / RESUME
-    if resume_path.exists():
-        ckpt = load_checkpoint(resume_path)
-        if ckpt["config_hash"] == cfg_hash:
-            model.load_state_dict(ckpt["model"])
-            for name, opt in optimizers.items():
-                opt.load_state_dict(ckpt["optimizers"][name])
-            set_rng_state(ckpt["rng"])
-            start, rows, elapsed = ckpt["step"], ckpt["log"], ckpt["train_wall_time_s"]
-        else:
-            print(f"dgmbench: ignoring {resume_path}: it belongs to a different configuration")
-    if start == 0 and spec.init_runs:
+    if resume:
+        model.load_state_dict(resume["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(resume["optimizers"][name])
+        set_rng_state(resume["rng"])
+        start, rows, elapsed = resume["step"], resume["log"], resume["train_wall_time_s"]
+    elif spec.init_runs:
         model.init_from({name: load_model(run, spec.device)[0] for name, run in spec.init_runs.items()})
 
     def state(step: int, status: dict[str, Any]) -> dict[str, Any]:
-        return {"format": 1, "spec": spec.to_dict(), "config_hash": cfg_hash, "step": step, "status": status,
+        return {"format": 1, "spec": spec.to_dict(), "config_hash": cfg_hash, "step": step,
+                "status": {**status, "retry": retry} if retry else status,
                 "model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "rng": rng_state(), "log": rows, "train_wall_time_s": elapsed + time.perf_counter() - t0}
 
     status: dict[str, Any] = {"status": "ok"}
     last: dict[str, float] = {}
     t0 = time.perf_counter()
+    resume_path = out_dir / RESUME
+    if retry and not resume:  # from now on a re-run resumes the retry, never the diverged attempt
+        save_torch(resume_path, state(0, {"status": "running"}))
     old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     bar = tqdm(total=hp["steps"], initial=start, disable=progress is False if progress is not None else None,
-               desc=f"{spec.method}/{spec.dataset}/seed{spec.seed}", mininterval=0.5, dynamic_ncols=True)
+               desc=f"{spec.method}/{spec.dataset}/seed{seed}", mininterval=0.5, dynamic_ncols=True)
     step = start
     try:
         model.train()
@@ -195,14 +267,14 @@ def train(spec: RunSpec, out_dir: Path, progress: bool | None = None) -> dict[st
                 rows.append(row)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
             if done % loop["checkpoint_every"] == 0 and done < hp["steps"]:
-                save_torch(resume_path, state(done, {"status": "running"}))
-                _write_log(out_dir / LOG, rows)
+                write_files({resume_path: as_torch(state(done, {"status": "running"})),
+                             out_dir / LOG: as_text(_log_csv(rows))})
             bar.update(1)
     except _Interrupted as exc:
         save_torch(resume_path, state(step, {"status": "running"}))
         raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {step}), re-run to resume")
-    except (UserError, MemoryError, torch.OutOfMemoryError):
-        raise  # bad input is the user's to fix; out of memory fails the job so a cluster can retry it
+    except (UserError, MemoryError, torch.OutOfMemoryError, OSError):
+        raise  # bad input is the user's to fix; out of memory or a failed write (full disk) fails the job
     except Exception as exc:  # a crashed run is a recorded failure, so the rest of the grid and the report go on
         traceback.print_exc()
         status = {"status": "failed", "step": step, "reason": f"{type(exc).__name__} at step {step}: {exc}",
@@ -211,19 +283,7 @@ def train(spec: RunSpec, out_dir: Path, progress: bool | None = None) -> dict[st
         bar.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
-
-    final_step = hp["steps"] if status["status"] == "ok" else status["step"]
-    ckpt = state(final_step, status)
-    _write_log(out_dir / LOG, rows)
-    write_json(out_dir / PROVENANCE, {
-        "spec": spec.to_dict(), "config_hash": cfg_hash, "status": status,
-        "data": {"name": ds.name, "version": ds.version, "fingerprint": ds.fingerprint},
-        "train_wall_time_s": ckpt["train_wall_time_s"], "steps_done": final_step, "selection_rule": "final",
-        "machine": provenance.collect(device),
-    })
-    save_torch(out_dir / CHECKPOINT, ckpt)
-    resume_path.unlink(missing_ok=True)
-    return status
+    return state(hp["steps"] if status["status"] == "ok" else status["step"], status)
 
 
 def load_model(run_dir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:

@@ -49,7 +49,7 @@ def exact_wasserstein(
     The dense solver needs about ``4·n·m·8`` bytes (cost matrix, plan, copies); above ``max_dense_bytes`` it
     switches to ``ot.lp.emd2_lazy``, which computes costs on the fly in O(n + m) memory at about twice the time.
     ``num_iter_max`` is POT's ``numItermax``. Raises ``OTNotConvergedError`` unless POT reports
-    ``result_code == 1`` (optimal). Single-threaded; see ``bench/perf_metrics.py`` for timings.
+    ``result_code == 1`` (optimal). Single-threaded; ``python -m bench.perf`` times it.
     """
     if p not in _METRIC:
         raise ValueError(f"exact_wasserstein supports p=1 or p=2, got p={p}")

@@ -48,7 +48,7 @@ class Method(nn.Module):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return {"opt": torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])}
+        return {"opt": adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])}
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -72,6 +72,12 @@ class Method(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no tractable likelihood")
+
+
+def adam(params: Any, **kwargs: Any) -> torch.optim.Adam:
+    """Adam with PyTorch's fused kernel: the same update rule in one operation for all parameters, instead of
+    about ten small operations per parameter tensor (a large share of a small model's step on CPU)."""
+    return torch.optim.Adam(params, fused=True, **kwargs)
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.LeakyReLU, out: nn.Module | None = None) -> nn.Sequential:

@@ -25,12 +25,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bench.datasets import TOY_DATASETS
 from bench.errors import UserError
 from models import register
-from models.base import Method
+from models.base import Method, adam
 from models.nets import ConvDecoder, conv_discriminator, mlp_discriminator, mlp_net
 
 IMAGE_DATASETS = ("mnist", "binarized_mnist")
@@ -130,11 +129,8 @@ class _Adam:
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
 
-        def adam(net: nn.Module) -> torch.optim.Optimizer:
-            return torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                                    weight_decay=hp["weight_decay"])
-
-        return {"d": adam(self.discriminator), "g": adam(self.generator)}
+        return {name: adam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"])
+                for name, net in (("d", self.discriminator), ("g", self.generator))}
 
 
 @register("dcgan")
@@ -167,8 +163,8 @@ class WGAN(GAN):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return {"d": torch.optim.RMSprop(self.discriminator.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"]),
-                "g": torch.optim.RMSprop(self.generator.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])}
+        return {name: torch.optim.RMSprop(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], foreach=True)
+                for name, net in (("d", self.discriminator), ("g", self.generator))}
 
     def critic_loss(self, real, fake):
         w = self.discriminator(real).mean() - self.discriminator(fake).mean()

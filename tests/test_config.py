@@ -1,4 +1,7 @@
-"""Bad config or CLI input fails fast with a one-line message that names the problem and the valid choices."""
+"""Bad config or CLI input fails fast with a one-line message that names the problem and the valid choices,
+before any compute and without leaving outputs."""
+import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -27,12 +30,24 @@ def test_default_config_is_valid():
     ({**GOOD, "hparams": {"realnvp": {"stepz": 3}}}, "unknown hyper-parameter(s) stepz for method 'realnvp'; valid:"),
     ({**GOOD, "hparams": {"vae": {"steps": 3}}}, "hparams.vae names method 'vae', which is not in `methods`"),
     ({**GOOD, "training": {"log_every": 0}}, "at training.log_every: 0 is less than the minimum of 1"),
+    ({**GOOD, "training": {"retry_diverged": "yes"}}, "at training.retry_diverged: 'yes' is not of type 'boolean'"),
+    ({**GOOD, "evaluation": {"metrics": ["fidd"]}},
+     "evaluation.metrics: unknown metric 'fidd'; valid metrics: test_nll, test_bpd, elbo, iwae_k, elbo_gap,"),
+    ({**GOOD, "evaluation": {"n_samples": {"points": 20000}}},
+     "at evaluation.n_samples.points: 20000 is greater than the maximum of 10000"),  # every test set has 10,000
+    ({**GOOD, "hparams": {"realnvp": {"batch_size": 0}}},
+     "hparams.realnvp: hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
 ])
 def test_invalid_configs_name_the_problem(bad, message):
     with pytest.raises(UserError) as info:
         config.validate(bad)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_retry_and_metric_selection_are_accepted():
+    cfg = config.validate({**GOOD, "training": {"retry_diverged": True}, "evaluation": {"metrics": ["w2", "iwae_k"]}})
+    assert cfg["training"]["retry_diverged"] is True and cfg["evaluation"]["metrics"] == ["w2", "iwae_k"]
 
 
 def test_method_dataset_overrides_win():
@@ -46,23 +61,57 @@ def _cli(*args, timeout=10):
     return res, time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "nope", "--dataset", "moons"], "unknown method 'nope'; valid methods: dcgan, dcgan-vaeinit,"),
-    (["--method", "realnvp", "--dataset", "nope"], "unknown dataset 'nope'; valid datasets: moons"),
-    (["--method", "realnvp", "--dataset", "moons", "--set", "stepz=1"], "unknown hyper-parameter(s) stepz"),
+TRAIN = ["train", "--seed", "0", "--out", "{tmp}/run"]
+MNIST = [*TRAIN, "--method", "realnvp", "--dataset", "mnist", "--data-root", "{tmp}/data"]
+NOT_MNIST = b"\x1f\x8b" + b"0" * 100
+NOT_MNIST_MD5 = hashlib.md5(NOT_MNIST).hexdigest()
+
+
+@pytest.mark.parametrize("args, files, message", [
+    ([*TRAIN, "--method", "nope", "--dataset", "moons"], {},
+     "unknown method 'nope'; valid methods: dcgan, dcgan-vaeinit,"),
+    ([*TRAIN, "--method", "realnvp", "--dataset", "nope"], {}, "unknown dataset 'nope'; valid datasets: moons"),
+    ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--set", "stepz=1"], {}, "unknown hyper-parameter(s) stepz"),
+    ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--set", "batch_size=0"], {},
+     "hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
+    ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--loop", json.dumps({"retry_diverged": "yes"})], {},
+     "training-loop setting retry_diverged='yes' is invalid; valid: log_every,"),
+    (MNIST, {}, "MNIST file train-images-idx3-ubyte not found in {tmp}/data/MNIST/raw (plain or .gz); set "
+                "DGMBENCH_DATA_ROOT (or `data_root` in the config) to a folder holding MNIST/raw, or run "
+                "`dgmbench download mnist --data-root {tmp}/data`"),
+    (MNIST, {"data/MNIST/raw/train-images-idx3-ubyte.gz": NOT_MNIST},
+     f"MNIST file {{tmp}}/data/MNIST/raw/train-images-idx3-ubyte.gz is corrupt (md5 {NOT_MNIST_MD5}, "
+     "expected f68b3c2dcbeaaa9fbdd348bbdeb94873); delete it and run `dgmbench download mnist --data-root {tmp}/data`"),
+    (["evaluate", "--run", "{tmp}/run", "--settings", json.dumps({"metrics": ["fidd"]})], {},
+     "unknown metric 'fidd'; valid metrics: test_nll, test_bpd, elbo, iwae_k,"),
+    (["reference", "--dataset", "ring8", "--out", "{tmp}/run/ring8.json", "--settings",
+      json.dumps({"n_samples": {"points": 20000}})], {},
+     "evaluation.n_samples=20000 is larger than ring8's test set (10000); lower it"),
 ])
-def test_cli_bad_names_fail_fast(tmp_path, args, message):
-    res, seconds = _cli("train", *args, "--seed", "0", "--out", str(tmp_path / "run"))
-    assert res.returncode == 2 and message in res.stderr, res.stderr
+def test_cli_bad_input_fails_fast_without_outputs(tmp_path, args, files, message):
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    res, seconds = _cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert res.returncode == 2 and message.replace("{tmp}", str(tmp_path)) in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert seconds < 10
     assert not (tmp_path / "run").exists()
 
 
-def test_snakemake_rejects_a_bad_config_before_running(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**GOOD, "methods": ["nope"]}))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
-                         capture_output=True, text=True, timeout=60, cwd=config.SCHEMA.parent.parent)
+@pytest.mark.parametrize("bad, message", [
+    ({**GOOD, "methods": ["nope"]}, "unknown method 'nope'; valid methods: dcgan, dcgan-vaeinit, ffjord"),
+    ({**GOOD, "seeds": ["zero"]}, "invalid value at seeds.0: 'zero' is not of type 'integer'"),
+    ({**GOOD, "evaluation": {"metrics": ["fidd"]}}, "evaluation.metrics: unknown metric 'fidd'; valid metrics: "),
+])
+def test_snakemake_rejects_a_bad_config_before_running(tmp_path, bad, message):
+    """The Snakefile validates the config before planning: no job runs and nothing is written. (Not timed: the
+    SLURM executor plugin's import alone can take 10 s on a machine without a SLURM controller.)"""
+    repo = config.SCHEMA.parent.parent
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(repo / "Snakefile"),
+                          "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml")],
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
-    assert "unknown method 'nope'; valid methods: dcgan, dcgan-vaeinit, ffjord" in res.stdout + res.stderr
+    assert message in res.stdout + res.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()

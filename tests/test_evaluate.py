@@ -114,3 +114,43 @@ def test_a_failing_shared_computation_fails_only_its_records(tmp_path, monkeypat
     for metric in ("precision", "recall"):
         assert rec[metric]["status"] == "failed" and "knn exploded" in rec[metric]["reason"]
     assert rec["w2"]["status"] == "ok" and rec["modes_covered"]["status"] == "ok"
+
+
+def test_selected_metrics_are_the_only_ones_computed(tmp_path, monkeypatch):
+    from models.vae import VAE
+
+    run = _run(tmp_path, "vae")
+    calls = []
+
+    def not_selected(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("computed for a metric that was not selected")
+
+    for name in ("exact_wasserstein", "knn_precision_recall", "mixture_mode_coverage"):
+        monkeypatch.setattr(ev, name, not_selected)
+    monkeypatch.setattr(VAE, "elbo", not_selected)
+    iwae, ks = VAE.iwae, set()
+
+    def recording_iwae(self, x, k, **kwargs):
+        ks.add(k)
+        return iwae(self, x, k, **kwargs)
+
+    monkeypatch.setattr(VAE, "iwae", recording_iwae)
+    rec = _records(ev.evaluate(run, {**SMALL_EVAL, "metrics": ["test_nll", "sliced_w2"]}))
+    assert set(rec) == {"test_nll", "sliced_w2"} and calls == []
+    assert rec["test_nll"]["status"] == "ok" and ks == {10}  # the NLL estimate needs IWAE at k_max only
+
+
+def test_unknown_metric_names_the_valid_ones():
+    with pytest.raises(UserError, match=r"unknown metric 'fidd'; valid metrics: test_nll, test_bpd, .*, samples_per_s$"):
+        ev.settings_for({"metrics": ["w2", "fidd"]})
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    """On CPU a rerun reproduces every metric bit for bit (samples/s, a timing, aside)."""
+    a, b = (ev.evaluate(_run(tmp_path / d, "realnvp", width=16), SMALL_EVAL) for d in "ab")
+
+    def values(result):
+        return [(r["metric"], r["value"], r["stderr"]) for r in result["records"] if r["metric"] != "samples_per_s"]
+
+    assert values(a) == values(b) and len(values(a)) >= 10

@@ -34,9 +34,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
         "datasets": ["moons"], "methods": ["realnvp", "vae"], "seeds": [0, 1],
-        # fault injection: the VAE's learning rate makes every run diverge; the pipeline must still finish
+        # fault injection: the VAE's learning rate makes every run diverge, also on its one retry (opted in
+        # below); the pipeline must still finish and the report count the retries
         "hparams": {"realnvp": {"steps": 30, "width": 16}, "vae": {"steps": 30, "lr": 1.0e6}},
-        "training": {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 500},
+        "training": {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 500,
+                     "retry_diverged": True},
         "evaluation": {"n_samples": {"points": 500}},
     }))
     res = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
@@ -45,6 +47,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert "| realnvp | 2 | 0 |" in summary and "| vae | 2 | 2 [" in summary
     assert "vae: seed 0: non-finite loss" in summary
     df = pd.read_csv(tmp_path / "results" / "metrics.csv")
+    retries = df.drop_duplicates(["method", "seed"]).set_index(["method", "seed"]).retry_seed
+    assert retries.loc["vae"].to_dict() == {0: 3_000_003, 1: 3_000_004} and retries.loc["realnvp"].isna().all()
     nll = df[(df.metric == "test_nll") & (df.method == "realnvp")]
     assert sorted(nll.seed) == [0, 1] and nll.value.notna().all()
     assert (df.git_commit.str.len() > 0).all() and df.data_fingerprint.nunique() == 1
@@ -53,6 +57,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert (tmp_path / "reports/figures/runs/moons/realnvp/seed1.png").exists()
     html = (tmp_path / "reports/report.html").read_text()
     assert "data:image/png;base64," in html and "realnvp" in html and "non-finite loss" in html
+    assert "2 failed or diverged, 2 retried with a new seed after diverging" in html
     w2 = df[(df.metric == "w2")].set_index("method")
     assert w2.loc["data", "n"] == 500 and w2.loc["data", "value"] > 0
     again = _snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))

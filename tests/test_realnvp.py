@@ -1,5 +1,6 @@
 """RealNVP: log-determinant against the autograd Jacobian, invertibility, normalization."""
 import math
+from types import SimpleNamespace
 
 import torch
 
@@ -26,19 +27,20 @@ def test_log_det_matches_autograd_jacobian():
         torch.testing.assert_close(ld, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_masked_coordinate_is_not_scaled():
-    # The course code's bug: adding the scale net's output for the conditioning coordinate changes log|det|.
-    flow = _flow()
-    x = torch.randn(64, 2, dtype=torch.float64)
+def test_checkerboard_log_det_matches_autograd_jacobian():
+    # The image path: checkerboard halves of a 4×4 grid (16-d), the permutation included in the Jacobian.
+    torch.manual_seed(0)
+    images = SimpleNamespace(train=torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+    flow = models.get("realnvp")(images, {"n_layers": 4, "width": 8, "logit_alpha": 0.05}).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.mul_(3.0)
+    x = torch.randn(4, 16, dtype=torch.float64)
     _, log_det = flow.inverse(x)
-    wrong = x.new_zeros(len(x))
-    z = x
-    for m, s_net, t_net in reversed(list(zip(flow.masks, flow.s, flow.t))):
-        raw_s = s_net(z * m)
-        s, t = raw_s * (1 - m), t_net(z * m) * (1 - m)
-        z = z * m + (1 - m) * (z - t) * torch.exp(-s)
-        wrong = wrong - raw_s.sum(1)
-    assert (log_det - wrong).abs().max() > 1e-2
+    for xi, ld in zip(x, log_det):
+        jac = torch.autograd.functional.jacobian(lambda v: flow.inverse(v[None])[0][0], xi)
+        torch.testing.assert_close(ld, torch.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(flow(flow.inverse(x)[0]), x, rtol=1e-9, atol=1e-9)
 
 
 def test_inverse_of_forward_is_identity():

@@ -111,6 +111,23 @@ def test_summary_table_images_and_all_failed_method(res):
     assert nll.text == "n/a" and mnist.notes[nll.notes[0] - 1] == GAN_NA
 
 
+def test_retried_runs_are_counted_and_footnoted():
+    df = synthetic()
+    retried = (df.dataset == "moons") & (df.method == "dcgan") & df.seed.isin([1, 2])  # seed 2 diverged again
+    df.loc[retried, "retry_seed"] = df.loc[retried, "seed"] + 3_000_003
+    res = report.Results(df)
+    assert res.runs.loc[("moons", "dcgan"), "n_retried"] == 2 and res.runs.n_retried.sum() == 2
+    assert set(res.stats[(res.stats.method == "dcgan") & (res.stats.dataset == "moons")].n_retried) == {2}
+    moons = _table(report.summary_tables(res), "summary_moons")
+    failed = _cells(moons, "dcgan")["failed"]
+    assert failed.text == "1" and [moons.notes[k - 1] for k in failed.notes] == [
+        f"dcgan: seed 2: {DIVERGED}", "dcgan: diverged, retried: seed 1 as seed 3000004, seed 2 as seed 3000005"]
+    runs = report.runs_table(res)
+    row = next(dict(zip(runs.header, r)) for r in runs.rows if (r[0].text, r[1].text) == ("moons", "dcgan"))
+    assert (row["failed"].text, row["retried"].text) == ("1", "2")
+    assert "19 training runs, 3 failed or diverged, 2 retried with a new seed" in report.intro(res, "welch")[1].text
+
+
 def test_high_quality_is_shown_in_percent(res):
     ring8 = _table(report.summary_tables(res), "summary_ring8")
     assert _cells(ring8, "data (floor)")["high quality (%) ↑"].text == "98.9"

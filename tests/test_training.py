@@ -1,19 +1,23 @@
-"""The training loop: CPU determinism, exact resume, divergence records, corrupt checkpoints."""
+"""The training loop: CPU determinism, exact resume, divergence records and retries, corrupt checkpoints."""
 import os
 import signal
 
 import pytest
 import torch
 
+from bench import train as train_module
 from bench.errors import UserError
-from bench.train import CHECKPOINT, RESUME, EpochSampler, RunSpec, load_checkpoint, train
+from bench.io import read_json
+from bench.seeding import determinism, seed_everything
+from bench.train import CHECKPOINT, PROVENANCE, RESUME, EpochSampler, RunSpec, load_checkpoint, retry_seed, train
 
 SMALL = {"steps": 40, "batch_size": 64, "width": 16}
 LOOP = {"log_every": 10, "val_every": 20, "checkpoint_every": 10, "val_size": 500}
+RETRY_LOOP = {**LOOP, "retry_diverged": True}
 
 
-def _spec(seed=0, **hp):
-    return RunSpec.build("realnvp", "moons", seed, {**SMALL, **hp}, loop=LOOP)
+def _spec(seed=0, loop=LOOP, **hp):
+    return RunSpec.build("realnvp", "moons", seed, {**SMALL, **hp}, loop=loop)
 
 
 def _weights(run_dir):
@@ -31,7 +35,28 @@ def test_same_seed_gives_identical_weights(tmp_path):
     train(_spec(), tmp_path / "b", progress=False)
     _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     train(_spec(seed=1), tmp_path / "c", progress=False)
-    assert not torch.equal(_weights(tmp_path / "a")["s.0.0.weight"], _weights(tmp_path / "c")["s.0.0.weight"])
+    a, c = _weights(tmp_path / "a"), _weights(tmp_path / "c")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    recorded = read_json(tmp_path / "a" / PROVENANCE)["determinism"]
+    assert recorded["bit_identical"] is True and recorded["device_type"] == "cpu"
+    assert recorded["deterministic_algorithms"] and not recorded["warn_only"]
+
+
+def test_gpu_determinism_settings_and_honest_claim(monkeypatch):
+    """seed_everything on CUDA asks cuDNN for deterministic, non-benchmarked kernels; the provenance block then
+    says bit-identity is not guaranteed, and why (the flags are set without touching a GPU)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a user's own setting is kept and recorded
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+        try:
+            seed_everything(0, cuda)
+            recorded = determinism(cuda)
+        finally:
+            seed_everything(0, torch.device("cpu"))  # back to strict deterministic mode for the other tests
+    assert recorded["cudnn_deterministic"] is True and recorded["cudnn_benchmark"] is False
+    assert recorded["deterministic_algorithms"] and recorded["warn_only"]
+    assert recorded["cublas_workspace_config"] == ":16:8" and recorded["device_type"] == "cuda"
+    assert recorded["bit_identical"] == "not guaranteed" and "no deterministic implementation" in recorded["reason"]
 
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
@@ -62,6 +87,83 @@ def test_non_finite_loss_is_a_divergence_record(tmp_path):
     status = train(_spec(lr=1e6, steps=200), tmp_path, progress=False)
     assert status["status"] == "diverged" and "non-finite" in status["reason"]
     assert load_checkpoint(tmp_path / CHECKPOINT)["status"]["status"] == "diverged"
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the loop catches it, so no state is saved on the way out."""
+
+
+def _inject(monkeypatch, faults):
+    """RealNVP.train_step with one-shot faults {(attempt, step): "nan" | "kill"}: a non-finite loss, or a kill
+    before the step; an attempt is counted at every call with step 0 (a resumed attempt does not start one)."""
+    from models.realnvp import RealNVP
+
+    original, attempt = RealNVP.train_step, [-1]
+
+    def step(self, x, optimizers, i):
+        attempt[0] += i == 0
+        fault = faults.pop((attempt[0], i), None)
+        if fault == "kill":
+            raise _Killed
+        losses = original(self, x, optimizers, i)
+        return {k: float("nan") for k in losses} if fault == "nan" else losses
+
+    monkeypatch.setattr(RealNVP, "train_step", step)
+
+
+def test_a_diverged_run_is_not_retried_by_default(tmp_path, monkeypatch):
+    _inject(monkeypatch, {(0, 5): "nan"})
+    status = train(_spec(), tmp_path, progress=False)
+    assert status["status"] == "diverged" and "retry" not in status
+
+
+def test_retry_diverged_trains_once_more_with_the_derived_seed(tmp_path, monkeypatch):
+    _inject(monkeypatch, {(0, 5): "nan"})
+    status = train(_spec(loop=RETRY_LOOP), tmp_path / "run", progress=False)
+    assert status["status"] == "ok"
+    assert status["retry"]["seed"] == retry_seed(0) == 3_000_003 and status["retry"]["original_seed"] == 0
+    original = status["retry"]["original_status"]
+    assert original["status"] == "diverged" and original["step"] == 5 and "non-finite loss" in original["reason"]
+    provenance = read_json(tmp_path / "run" / PROVENANCE)
+    assert provenance["status"] == status and provenance["spec"]["seed"] == 0  # the run keeps its grid seed
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["status"] == status
+    train(_spec(seed=retry_seed(0)), tmp_path / "plain", progress=False)  # the retry is a fresh run with that seed
+    _assert_same(_weights(tmp_path / "run"), _weights(tmp_path / "plain"))
+
+
+def test_a_retry_that_diverges_too_leaves_the_run_diverged(tmp_path, monkeypatch):
+    seeds = []
+
+    def recording(seed, device):
+        seeds.append(seed)
+        seed_everything(seed, device)
+
+    monkeypatch.setattr(train_module, "seed_everything", recording)
+    status = train(_spec(lr=1e6, steps=200, loop=RETRY_LOOP), tmp_path, progress=False)
+    assert status["status"] == "diverged" and status["retry"]["original_status"]["status"] == "diverged"
+    assert seeds == [0, retry_seed(0)]  # exactly one retry
+
+
+def test_a_killed_retry_resumes_as_the_retry(tmp_path, monkeypatch):
+    """Killed before its first periodic checkpoint, the retry still resumes as the retry (its resume.pt is written
+    when it starts), not as a rerun of the diverged attempt."""
+    _inject(monkeypatch, {(0, 5): "nan", (1, 5): "kill"})
+    with pytest.raises(_Killed):
+        train(_spec(loop=RETRY_LOOP), tmp_path / "run", progress=False)
+    saved = load_checkpoint(tmp_path / "run" / RESUME)
+    assert saved["step"] == 0 and saved["status"]["retry"]["seed"] == retry_seed(0)
+    status = train(_spec(loop=RETRY_LOOP), tmp_path / "run", progress=False)
+    assert status["status"] == "ok" and status["retry"]["original_status"]["step"] == 5
+    train(_spec(seed=retry_seed(0)), tmp_path / "plain", progress=False)
+    _assert_same(_weights(tmp_path / "run"), _weights(tmp_path / "plain"))
+
+
+def test_a_resumed_retry_that_diverges_is_not_retried_again(tmp_path, monkeypatch):
+    _inject(monkeypatch, {(0, 5): "nan", (1, 5): "kill", (2, 8): "nan"})  # attempt 2: the retry, resumed
+    with pytest.raises(_Killed):
+        train(_spec(loop=RETRY_LOOP), tmp_path, progress=False)
+    status = train(_spec(loop=RETRY_LOOP), tmp_path, progress=False)
+    assert status["status"] == "diverged" and status["step"] == 8 and status["retry"]["original_status"]["step"] == 5
 
 
 def test_a_crashing_step_is_a_failure_record(tmp_path, monkeypatch):
@@ -126,15 +228,26 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     _assert_same(_weights(tmp_path / "full"), _weights(cut))
 
 
-def test_cli_reports_a_corrupt_checkpoint_in_one_line(tmp_path):
+@pytest.mark.parametrize("broken, command, not_written", [
+    (CHECKPOINT, ["evaluate"], "metrics.json"),
+    (CHECKPOINT, ["sample"], "samples.pt"),
+    (RESUME, ["train", "--method", "realnvp", "--dataset", "moons", "--seed", "0", "--set", "steps=10"], CHECKPOINT),
+])
+def test_cli_names_a_truncated_checkpoint_in_one_line(tmp_path, broken, command, not_written):
+    """A truncated checkpoint (or resume file) is never loaded: exit 2 with one line naming it, nothing written."""
     import subprocess
     import sys
 
     train(_spec(steps=10), tmp_path, progress=False)
-    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "evaluate", "--run", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    path = tmp_path / broken
+    path.write_bytes((tmp_path / CHECKPOINT).read_bytes()[:200])
+    if broken == RESUME:
+        (tmp_path / CHECKPOINT).unlink()
+    place = ["--out" if command[0] == "train" else "--run", str(tmp_path)]
+    res = subprocess.run([sys.executable, "-m", "bench.cli", *command, *place], capture_output=True, text=True,
+                         timeout=10)
     assert res.returncode == 2
     line = res.stderr.strip()
-    assert "\n" not in line and line.startswith(f"dgmbench: error: checkpoint {tmp_path / CHECKPOINT} is corrupt")
+    assert "\n" not in line and line.startswith(f"dgmbench: error: checkpoint {path} is corrupt or truncated")
     assert line.endswith("delete it and retrain")
+    assert not (tmp_path / not_written).exists()

@@ -198,6 +198,10 @@ MinJobAge=300
 # A node that was down (e.g. after a restart) comes back once it registers.
 ReturnToService=2
 SlurmdTimeout=60
+# Client commands retry a down controller once per second for MessageTimeout
+# seconds (default 10). Once stop.sh has run, every Snakemake start pays that:
+# its SLURM plugin calls 'scontrol show config' on import, even for local runs.
+MessageTimeout=3
 InactiveLimit=0
 $gres_types
 StateSaveLocation=$SLURM_LOCAL_DIR/state

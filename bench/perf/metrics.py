@@ -1,21 +1,27 @@
-"""Time each metric of ``metrics/`` at its default sample size on this machine and print a Markdown table.
+"""Time each metric of ``metrics/`` at its default sample size on this machine (rows for ``python -m bench.perf``).
 
-Usage: ``python -m bench.perf_metrics [--quick]`` (``--quick`` skips the two slowest rows, exact W at n = 10,000).
-Data are synthetic and seeded: 2-D N(0, I) vs N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2);
+``quick`` skips the two slowest rows, exact W at n = 10,000. Data are synthetic and seeded: 2-D N(0, I) vs N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2);
 128-d Gaussian features. Exact W runs POT's single-threaded network simplex and needs about 4·n²·8 bytes
 (≈ 3.2 GB at n = 10,000); "converged" is "no" when it raised ``OTNotConvergedError``.
+FID of 10,000 MNIST images: 10,000 training images against the 10,000 test images through torch-fidelity with the
+suite's classifier features, the evaluation's path (the pipeline's trained classifier when results/ has one,
+otherwise an untrained one of the same architecture: the timing is the same, the value is then meaningless).
 """
 
 from __future__ import annotations
 
-import argparse
+import tempfile
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from metrics.fid import fid, frechet_distance
+from bench import datasets
+from bench.io import save_torch
+from bench.provenance import REPO
+from metrics.fid import MnistClassifier, fid, frechet_distance, register_mnist_extractor, torch_fidelity_metrics
 from metrics.modes import mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
 from metrics.wasserstein import OTNotConvergedError, exact_wasserstein, sliced_wasserstein
@@ -36,10 +42,23 @@ def _time(fn: Callable[[], object]) -> tuple[float, str, str]:
     return seconds, converged, value or ""
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="skip exact W at n=10,000")
-    args = parser.parse_args(argv)
+def _mnist_fid(data_root: Path | None) -> Callable[[], float] | None:
+    try:
+        ds = datasets.load("mnist", data_root)
+    except Exception:  # no MNIST here: the row is left out
+        return None
+    weights = REPO / "results" / "evaluators" / "mnist_classifier.pt"
+    if not weights.exists():
+        weights = Path(tempfile.mkdtemp()) / "untrained_classifier.pt"
+        torch.manual_seed(0)
+        save_torch(weights, MnistClassifier().state_dict())
+    name = register_mnist_extractor(weights)
+    return lambda: torch_fidelity_metrics(ds.train[:10_000], ds.test, extractor_name=name, weights_path=weights,
+                                          prc=False)["fid"]
+
+
+def timings(quick: bool, data_root: Path | None = None) -> Iterator[tuple[str, int, int, float, str, str]]:
+    """(metric, N, d, seconds, converged, value) for each metric row."""
     rng = np.random.default_rng(0)
 
     def points(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         ("exact W2 (dense)", 2000, 784, lambda: exact_wasserstein(p2k, q2k, p=2)),
         ("exact W1 (dense)", 2000, 784, lambda: exact_wasserstein(p2k, q2k, p=1)),
     ]
-    if not args.quick:
+    if not quick:
         rows += [
             ("exact W2 (dense)", 10_000, 2, lambda: exact_wasserstein(x10k, y10k, p=2)),
             ("exact W1 (dense)", 10_000, 2, lambda: exact_wasserstein(x10k, y10k, p=1)),
@@ -77,15 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         ("knn_precision_recall (k=3)", 2000, 128, lambda: knn_precision_recall(f_a[:2000], f_b[:2000])),
         ("mixture_mode_coverage (25 modes)", 100_000, 2, lambda: mixture_mode_coverage(grid_samples, grid, 0.05)),
     ]
-
-    print(f"torch threads: {torch.get_num_threads()}; POT exact OT is single-threaded\n")
-    print("| metric | N | d | seconds | converged | value |")
-    print("|---|---|---|---|---|---|")
+    mnist_fid = _mnist_fid(data_root)
+    if mnist_fid is not None:
+        rows.append(("FID, MNIST classifier features via torch-fidelity", 10_000, 784, mnist_fid))
     for name, n, d, fn in rows:
         seconds, converged, value = _time(fn)
-        converged = converged if name.startswith("exact") else "–"
-        print(f"| {name} | {n} | {d} | {seconds:.2f} | {converged} | {value} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        yield name, n, d, seconds, converged if name.startswith("exact") else "–", value

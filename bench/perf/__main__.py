@@ -1,0 +1,179 @@
+"""The performance harness: training throughput against the course reference, metric timings, the pipeline.
+
+    python -m bench.perf [--seconds 6] [--threads 1,2] [--device cpu|cuda|auto] [--quick] [--pipeline]
+                         [--out reports]
+
+Writes `perf.md` and `perf.csv` into --out (default reports/) and prints the tables as it goes.
+- Training: steps/s and samples/s of every method at its default size on moons and MNIST (the suite's own
+  step: in-memory minibatch + `train_step`, as `bench.train` runs it), and of the course recipe
+  (bench/perf/reference.py) where one exists, with the ratio. Contenders are timed in interleaved windows, median
+  of three, for each torch thread count in --threads (1 is what a pipeline job gets; 2 is torch's default here).
+- Metrics: each metric at its default N on seeded synthetic data (bench/perf/metrics.py) and FID of 10,000
+  MNIST images with the suite's classifier features.
+- Pipeline (--pipeline, ~20 min on 2 CPU cores): the default config end to end in a fresh temporary folder,
+  then the no-op re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models
+from bench import datasets, provenance
+from bench.errors import UserError
+from bench.io import write_text
+from bench.perf import metrics as perf_metrics
+from bench.perf.training import compare, reference_step, suite_step
+from bench.seeding import resolve_device
+
+REPO = provenance.REPO
+FIELDS = ["section", "name", "dataset", "threads", "n", "batch", "suite_steps_per_s", "suite_samples_per_s",
+          "reference_steps_per_s", "ratio", "seconds", "converged", "value", "device"]
+
+
+def training_rows(names: list[str], threads: list[int], seconds: float, device: torch.device,
+                  data_root: Path | None) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        ds = datasets.load(name, data_root)
+        for method in models.available():
+            cls = models.get(method)
+            if name in cls.unsupported or cls.requires:  # VAE-initialized GANs train exactly like their base GAN
+                continue
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                steps = {"suite": suite_step(method, ds, device)[0]}
+                ref = reference_step(method, ds, device, data_root)
+                if ref is not None:
+                    steps["reference"] = ref[0]
+                rates = compare(steps, seconds * len(steps), device)
+                batch = models.resolve_hparams(method, name)["batch_size"]
+                row = {"section": "training", "name": method, "dataset": name, "threads": n_threads, "batch": batch,
+                       "suite_steps_per_s": round(rates["suite"], 2), "suite_samples_per_s": round(rates["suite"] * batch),
+                       "reference_steps_per_s": round(rates["reference"], 2) if ref else "",
+                       "ratio": round(rates["suite"] / rates["reference"], 2) if ref else "", "device": str(device)}
+                rows.append(row)
+                print(f"training {name}/{method} threads={n_threads}: {row['suite_steps_per_s']} steps/s"
+                      + (f", reference {row['reference_steps_per_s']}, ratio {row['ratio']}" if ref else ""), flush=True)
+    return rows
+
+
+def metric_rows(quick: bool, data_root: Path | None) -> list[dict[str, Any]]:
+    rows = []
+    for name, n, d, seconds, converged, value in perf_metrics.timings(quick, data_root):
+        rows.append({"section": "metrics", "name": name, "n": n, "dataset": f"{d}-d", "seconds": round(seconds, 2),
+                     "converged": converged, "value": value, "threads": torch.get_num_threads(), "device": "cpu"})
+        print(f"metric {name} n={n} d={d}: {seconds:.2f} s {converged} {value}", flush=True)
+    return rows
+
+
+def pipeline_rows(data_root: Path | None) -> list[dict[str, Any]]:
+    """The default config end to end in a fresh folder, then the no-op re-run, as `make bench` runs it."""
+    snakemake = Path(sys.executable).parent / "snakemake"
+    work = Path(tempfile.mkdtemp(prefix="dgmbench-perf-"))
+    cmd = [str(snakemake), "--profile", str(REPO / "profiles" / "local"), "-s", str(REPO / "Snakefile"),
+           "-d", str(work), "--quiet"]
+    env = None if data_root is None else {**os.environ, datasets.DATA_ROOT_ENV: str(data_root)}
+    rows = []
+    try:
+        for name in ("default pipeline, from nothing", "default pipeline, no-op re-run"):
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise UserError(f"the pipeline failed (exit {done.returncode}) in {work}: {done.stderr.strip()[-500:]}")
+            rows.append({"section": "pipeline", "name": name, "seconds": round(seconds, 1), "device": "cpu",
+                         "threads": 1})
+            print(f"{name}: {seconds:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def machine(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    cpus = len(os.sched_getaffinity(0))
+    return (f"{name} ({device}), {cpus} CPU cores available, torch {torch.__version__}, Python "
+            f"{platform.python_version()}, commit {provenance.git_version()['commit'][:10]}"
+            f"{' (uncommitted changes)' if provenance.git_version()['dirty'] else ''}")
+
+
+def markdown(rows: list[dict[str, Any]], command: str, device: torch.device) -> str:
+    out = [f"# Performance\n\nMeasured by `{command}` on {machine(device)}.\n"]
+    training = [r for r in rows if r["section"] == "training"]
+    if training:
+        out.append("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
+                   "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py:"
+                   " per-step `make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). "
+                   "Median of three interleaved windows.\n")
+        out.append("| dataset | method | threads | batch | suite steps/s | suite samples/s | reference steps/s | ratio |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        out += [f"| {r['dataset']} | {r['name']} | {r['threads']} | {r['batch']} | {r['suite_steps_per_s']} | "
+                f"{r['suite_samples_per_s']} | {r['reference_steps_per_s'] or '–'} | {r['ratio'] or '–'} |"
+                for r in training]
+        out.append("")
+    metric = [r for r in rows if r["section"] == "metrics"]
+    if metric:
+        out.append("## Metrics at their default N\n\nSeeded synthetic data (bench/perf/metrics.py); exact W is POT's "
+                   "single-threaded network simplex with `numItermax` 1e7 and a convergence check.\n")
+        out.append("| metric | N | d | seconds | converged | value |\n|---|---|---|---|---|---|")
+        out += [f"| {r['name']} | {r['n']} | {r['dataset']} | {r['seconds']} | {r['converged']} | {r['value']} |"
+                for r in metric]
+        out.append("")
+    pipeline = [r for r in rows if r["section"] == "pipeline"]
+    if pipeline:
+        out.append("## Pipeline\n\n`snakemake --profile profiles/local` with config/default.yaml in a fresh folder.\n")
+        out.append("| run | seconds |\n|---|---|")
+        out += [f"| {r['name']} | {r['seconds']} |" for r in pipeline]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="moons,mnist")
+    p.add_argument("--seconds", type=float, default=6.0, help="timing budget per contender and thread count")
+    p.add_argument("--threads", default="1,2", help="torch thread counts to measure, comma-separated")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--quick", action="store_true", help="skip the slowest metric rows (exact W at N = 10,000)")
+    p.add_argument("--no-training", action="store_true")
+    p.add_argument("--pipeline", action="store_true", help="also run the default pipeline end to end (~20 min)")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=REPO / "reports")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = [] if args.no_training else training_rows(args.datasets.split(","), threads, args.seconds, device,
+                                                     args.data_root)
+    torch.set_num_threads(1)
+    rows += metric_rows(args.quick, args.data_root)
+    if args.pipeline:
+        rows += pipeline_rows(args.data_root)
+    command = "python -m bench.perf " + " ".join(argv if argv is not None else sys.argv[1:])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    stem = "perf" if device.type == "cpu" else f"perf-{device.type}"
+    write_text(args.out / f"{stem}.csv", buf.getvalue())
+    write_text(args.out / f"{stem}.md", markdown(rows, command.strip(), device) + "\n")
+    print(f"wrote {args.out / stem}.md and .csv")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as exc:
+        raise SystemExit(f"bench.perf: {exc}") from None

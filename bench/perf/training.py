@@ -1,0 +1,76 @@
+"""Training-step throughput: the suite's own step (as `bench.train` runs it) and the course reference, timed alike."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import models
+from bench import datasets
+from bench.perf.reference import REFERENCES
+from bench.train import EpochSampler
+
+Step = Callable[[], None]
+
+
+def suite_step(method: str, ds: datasets.Dataset, device: torch.device) -> tuple[Step, int]:
+    """One step of the suite's training loop at the method's default size: the minibatch drawn from the in-memory
+    training set exactly as `bench.train.train` draws it, then `train_step`. Returns (step, batch size)."""
+    torch.manual_seed(0)
+    model = models.get(method)(ds, models.resolve_hparams(method, ds.name)).to(device)
+    optimizers, batch_size = model.configure_optimizers(), model.hparams["batch_size"]
+    train_x = ds.train.to(device)
+    sampler, counter = EpochSampler(len(train_x), batch_size, seed=0), iter(range(1 << 62))
+
+    def step() -> None:
+        i = next(counter)
+        model.train_step(sampler.batch(ds, train_x, i), optimizers, i)
+
+    return step, batch_size
+
+
+def reference_step(method: str, ds: datasets.Dataset, device: torch.device,
+                   data_root: Path | None) -> tuple[Step, int] | None:
+    """The course recipe's step for the same method and size, or None where there is no reference."""
+    build = REFERENCES.get((method, ds.name))
+    if build is None:
+        return None
+    hp = models.resolve_hparams(method, ds.name)
+    torch.manual_seed(0)
+    if ds.kind == "image":
+        step = build(device, data_root or datasets.default_data_root(), width=hp["width"], latent_dim=hp["latent_dim"],
+                     batch_size=hp["batch_size"])
+    else:
+        sizes = {"realnvp": ("n_layers", "width"), "otflow": ("width", "nt")}[method]
+        step = build(device, batch_size=hp["batch_size"], **{k: hp[k] for k in sizes})
+    return step, hp["batch_size"]
+
+
+def steps_per_second(step: Step, seconds: float, device: torch.device) -> float:
+    """Steps per second over a window of about `seconds`, after two warm-up steps."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(2):
+        step()
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
+def compare(steps: dict[str, Step], seconds: float, device: torch.device, windows: int = 3) -> dict[str, float]:
+    """Median steps/s of each step function over `windows` interleaved windows (so drift in machine load hits
+    every contender alike)."""
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(windows):
+        for name, step in steps.items():
+            rates[name].append(steps_per_second(step, seconds / windows, device))
+    return {name: statistics.median(r) for name, r in rates.items()}

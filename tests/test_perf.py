@@ -1,0 +1,49 @@
+"""The performance harness's reference implementations compute what the suite's do (so a ratio compares like with
+like), and every reference step runs."""
+import torch
+from conftest import needs_mnist
+
+from bench.perf import reference
+from models.otflow import Potential
+
+
+def test_reference_otflow_gradient_and_trace_match_the_suite():
+    torch.manual_seed(0)
+    ours, ref = Potential(2, 8).double(), reference._Phi(2, 8).double()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # move w, b away from their special initial values
+        ref.K0.load_state_dict(ours.K0.state_dict())
+        ref.K1.load_state_dict(ours.K1.state_dict())
+        ref.w.weight.copy_(ours.w[None])
+        ref.c.weight.copy_(ours.b[None])
+        ref.c.bias.copy_(ours.c)
+        ref.A.copy_(ours.A)
+    s = torch.randn(32, 3, dtype=torch.float64)
+    grad, trace = ours.grad_and_trace(s)
+    ref_grad, ref_trace = ref.grad_trace(s)
+    torch.testing.assert_close(ref_grad, grad)
+    torch.testing.assert_close(ref_trace, trace)
+
+
+def test_reference_realnvp_is_a_normalized_flow():
+    torch.manual_seed(0)
+    flow = reference._RealNVP(2, 8, torch.device("cpu")).double()
+    flow.prior = torch.distributions.MultivariateNormal(torch.zeros(2).double(), torch.eye(2).double())
+    g = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    with torch.no_grad():
+        mass = flow.log_prob(torch.cartesian_prod(g, g)).exp().sum().item() * (12 / 240) ** 2
+    assert abs(mass - 1) < 1e-2, mass
+
+
+def test_point_reference_steps_run():
+    for build in (reference.realnvp_moons, reference.otflow_moons):
+        build(torch.device("cpu"), batch_size=16)()
+
+
+@needs_mnist
+def test_mnist_reference_steps_run():
+    from bench.datasets import default_data_root
+
+    for build in (reference.vae_mnist, reference.dcgan_mnist):
+        build(torch.device("cpu"), default_data_root(), width=4, batch_size=8)()
