@@ -10,8 +10,8 @@ Writes `perf.md` and `perf.csv` into --out (default reports/) and prints the tab
   of three, for each torch thread count in --threads (1 is what a pipeline job gets; 2 is torch's default here).
 - Metrics: each metric at its default N on seeded synthetic data (bench/perf/metrics.py) and FID of 10,000
   MNIST images with the suite's classifier features.
-- Pipeline (--pipeline, ~20 min on 2 CPU cores): the default config end to end in a fresh temporary folder,
-  then the no-op re-run.
+- Pipeline (--pipeline, ~20 min on 2 CPU cores): the default config end to end in a fresh folder (temporary,
+  or --pipeline-dir, kept), then the no-op re-run.
 """
 from __future__ import annotations
 
@@ -79,10 +79,14 @@ def metric_rows(quick: bool, data_root: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
-def pipeline_rows(data_root: Path | None) -> list[dict[str, Any]]:
-    """The default config end to end in a fresh folder, then the no-op re-run, as `make bench` runs it."""
+def pipeline_rows(data_root: Path | None, work: Path | None) -> list[dict[str, Any]]:
+    """The default config end to end in a fresh folder (`work`, kept; else a temporary one), then the no-op
+    re-run, as `make bench` runs it."""
     snakemake = Path(sys.executable).parent / "snakemake"
-    work = Path(tempfile.mkdtemp(prefix="dgmbench-perf-"))
+    keep = work is not None
+    if keep and work.exists() and any(work.iterdir()):
+        raise UserError(f"--pipeline-dir {work} is not empty; the end-to-end timing needs a fresh folder")
+    work = work or Path(tempfile.mkdtemp(prefix="dgmbench-perf-"))
     cmd = [str(snakemake), "--profile", str(REPO / "profiles" / "local"), "-s", str(REPO / "Snakefile"),
            "-d", str(work), "--quiet"]
     env = None if data_root is None else {**os.environ, datasets.DATA_ROOT_ENV: str(data_root)}
@@ -98,7 +102,8 @@ def pipeline_rows(data_root: Path | None) -> list[dict[str, Any]]:
                          "threads": 1})
             print(f"{name}: {seconds:.1f} s", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="skip the slowest metric rows (exact W at N = 10,000)")
     p.add_argument("--no-training", action="store_true")
     p.add_argument("--pipeline", action="store_true", help="also run the default pipeline end to end (~20 min)")
+    p.add_argument("--pipeline-dir", type=Path, default=None, help="run it in this (new or empty) folder and keep it")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=REPO / "reports")
     args = p.parse_args(argv)
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     rows += metric_rows(args.quick, args.data_root)
     if args.pipeline:
-        rows += pipeline_rows(args.data_root)
+        rows += pipeline_rows(args.data_root, args.pipeline_dir)
     command = "python -m bench.perf " + " ".join(argv if argv is not None else sys.argv[1:])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS, restval="")
