@@ -14,8 +14,7 @@ import yaml
 import models
 from bench import datasets
 from bench.errors import UserError
-from bench.evaluate import check_metrics
-from bench.train import resolve_hparams
+from bench.metric_names import check_metrics
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 
@@ -71,7 +70,7 @@ def _check_names(cfg: dict[str, Any]) -> None:
         for ds in [dataset] if dataset else cfg["datasets"]:
             if not models.get(method).unsupported.get(ds):
                 try:
-                    resolve_hparams(method, ds, deltas)
+                    models.resolve_hparams(method, ds, deltas)
                 except UserError as exc:
                     raise UserError(f"hparams.{key}: {exc}") from None
 

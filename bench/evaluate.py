@@ -25,6 +25,7 @@ import torch
 from bench import datasets, provenance
 from bench.errors import UserError
 from bench.io import read_json, write_json
+from bench.metric_names import METRICS, check_metrics
 from bench.sampling import SAMPLES
 from bench.seeding import resolve_device
 from bench.train import PROVENANCE, load_model
@@ -34,11 +35,6 @@ from metrics.precision_recall import knn_precision_recall
 from metrics.wasserstein import exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
-# Every metric a run's records can carry (besides "training", the record of a failed run); "iwae_k" stands for
-# the records iwae_k1, iwae_k10, ... (one per `iwae_k` setting).
-METRICS = ("test_nll", "test_bpd", "elbo", "iwae_k", "elbo_gap", "inverse_error", "w1", "w2", "sliced_w2",
-           "precision", "recall", "modes_covered", "high_quality", "mode_kl", "fid", "fid_inception",
-           "classes_covered", "class_kl", "samples_per_s")
 EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 1000,
     "device": "cpu",
@@ -64,12 +60,6 @@ class Record:
     reason: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float = 0.0
-
-
-def check_metrics(names: list[str] | None) -> None:
-    unknown = [n for n in names or () if n not in METRICS]
-    if unknown:
-        raise UserError(f"unknown metric {unknown[0]!r}; valid metrics: {', '.join(METRICS)}")
 
 
 def settings_for(user: dict[str, Any] | None) -> dict[str, Any]:

@@ -40,15 +40,6 @@ def retry_seed(seed: int) -> int:
     return seed + RETRY_SEED_OFFSET
 
 
-def resolve_hparams(method: str, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The method's hyper-parameters for `dataset` with `overrides`, checked for what the loop needs."""
-    hp = models.resolve_hparams(method, dataset, overrides)
-    for key in ("steps", "batch_size"):
-        if not isinstance(hp[key], int) or hp[key] < 1:
-            raise UserError(f"hyper-parameter {key} of {method} must be a positive integer, got {hp[key]!r}")
-    return hp
-
-
 def check_loop(loop: dict[str, Any]) -> None:
     """Training-loop settings from the CLI's --loop (the pipeline's are schema-checked too)."""
     for key, value in loop.items():
@@ -76,7 +67,7 @@ class RunSpec:
               **kwargs: Any) -> "RunSpec":
         """Validate names and hyper-parameters (a UserError before any compute) and resolve defaults."""
         datasets.check_name(dataset)
-        hp = resolve_hparams(method, dataset, overrides)
+        hp = models.resolve_hparams(method, dataset, overrides)
         loop = {**LOOP_DEFAULTS, **(kwargs.pop("loop", None) or {})}
         check_loop(loop)
         init_runs = kwargs.pop("init_runs", None) or {}

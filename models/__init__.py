@@ -60,7 +60,8 @@ def get(name: str) -> type:
 
 
 def resolve_hparams(name: str, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The method's code defaults for `dataset`, updated by `overrides`; unknown keys are a UserError."""
+    """The method's code defaults for `dataset`, updated by `overrides`; unknown keys, and a `steps` or
+    `batch_size` that is not a positive integer, are a UserError."""
     cls = get(name)
     reason = cls.unsupported.get(dataset)
     if reason:
@@ -69,7 +70,11 @@ def resolve_hparams(name: str, dataset: str, overrides: dict[str, Any] | None = 
     bad = sorted(set(overrides or {}) - set(hp))
     if bad:
         raise UserError(f"unknown hyper-parameter(s) {', '.join(bad)} for method {name!r}; valid: {', '.join(sorted(hp))}")
-    return {**hp, **(overrides or {})}
+    hp = {**hp, **(overrides or {})}
+    for key in ("steps", "batch_size"):  # what the training loop counts with
+        if not isinstance(hp[key], int) or hp[key] < 1:
+            raise UserError(f"hyper-parameter {key} of {name} must be a positive integer, got {hp[key]!r}")
+    return hp
 
 
 def create(name: str, dataset: Any, **overrides: Any) -> Any:

@@ -3,6 +3,7 @@ like), and every reference step runs."""
 import torch
 from conftest import needs_mnist
 
+import models
 from bench.perf import reference
 from models.otflow import Potential
 
@@ -37,13 +38,15 @@ def test_reference_realnvp_is_a_normalized_flow():
 
 
 def test_point_reference_steps_run():
-    for build in (reference.realnvp_moons, reference.otflow_moons):
-        build(torch.device("cpu"), batch_size=16)()
+    for method in ("realnvp", "otflow"):
+        hp = models.resolve_hparams(method, "moons", {"batch_size": 16})
+        reference.REFERENCES[method, "moons"](torch.device("cpu"), hp)()
 
 
 @needs_mnist
 def test_mnist_reference_steps_run():
     from bench.datasets import default_data_root
 
-    for build in (reference.vae_mnist, reference.dcgan_mnist):
-        build(torch.device("cpu"), default_data_root(), width=4, batch_size=8)()
+    for method in ("vae", "dcgan"):
+        hp = models.resolve_hparams(method, "mnist", {"width": 4, "batch_size": 8})
+        reference.REFERENCES[method, "mnist"](torch.device("cpu"), hp, default_data_root())()

@@ -11,14 +11,15 @@ Architectures follow the course: RealNVP couplings with separate s and t MLPs (T
 MultivariateNormal prior and the flow's stored intermediate states; OT-Flow's Φ with its analytic gradient and
 Hessian trace, integrated by RK4 on the concatenated state [x, ℓ, L, R]; the MNIST generator/encoder/
 discriminator with batch norm, sigmoid outputs and BCE. Widths and batch sizes are the suite's defaults for the
-same method, so a ratio measures the implementation, not the model size. Per-step diagnostics the course
+same method (the suite's resolved hyper-parameters, learning rates included), so a ratio measures the
+implementation, not the model size. Per-step diagnostics the course
 scripts also compute (DCGAN's epsTest, plotting) are left out: they would only slow the reference down.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +68,12 @@ class _RealNVP(nn.Module):
         return self.prior.log_prob(p) + log_det
 
 
-def realnvp_moons(device: torch.device, n_layers: int = 6, width: int = 128, batch_size: int = 256,
-                  lr: float = 1e-4) -> Step:
-    flow = _RealNVP(n_layers, width, device).to(device)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+def realnvp_moons(device: torch.device, hp: dict[str, Any], data_root: Path | None = None) -> Step:
+    flow = _RealNVP(hp["n_layers"], hp["width"], device).to(device)
+    opt = torch.optim.Adam(flow.parameters(), lr=hp["lr"])
 
     def step() -> None:
-        x = _moons_batch(batch_size, device)
+        x = _moons_batch(hp["batch_size"], device)
         loss = -flow.log_prob(x).mean()
         opt.zero_grad()
         loss.backward()
@@ -131,13 +131,13 @@ def _otflow_rhs(state: torch.Tensor, t: float, phi: _Phi) -> torch.Tensor:
     return torch.cat((dx, dl, dv, dr), 1)
 
 
-def otflow_moons(device: torch.device, width: int = 32, nt: int = 4, batch_size: int = 256, lr: float = 1e-2,
-                 alpha: tuple[float, float, float] = (1.0, 10.0, 5.0)) -> Step:
-    phi = _Phi(2, width).to(device)
-    opt = torch.optim.Adam(phi.parameters(), lr=lr)
+def otflow_moons(device: torch.device, hp: dict[str, Any], data_root: Path | None = None) -> Step:
+    phi = _Phi(2, hp["width"]).to(device)
+    opt = torch.optim.Adam(phi.parameters(), lr=hp["lr"])
+    nt, alpha = hp["nt"], hp["alpha"]
 
     def step() -> None:
-        x = _moons_batch(batch_size, device)
+        x = _moons_batch(hp["batch_size"], device)
         state, h, t = F.pad(x, (0, 3, 0, 0), value=0.0), 1.0 / nt, 0.0
         for _ in range(nt):  # RK4
             k = h * _otflow_rhs(state, t, phi)
@@ -215,11 +215,10 @@ def _mnist_batches(data_root: Path, batch_size: int, device: torch.device) -> Ca
     return lambda: next(it)
 
 
-def vae_mnist(device: torch.device, data_root: Path, width: int = 32, latent_dim: int = 2, batch_size: int = 64,
-              lr: float = 1e-3, weight_decay: float = 1e-5) -> Step:
-    enc, dec = _Encoder(width, latent_dim).to(device), _Generator(width, latent_dim).to(device)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=lr, weight_decay=weight_decay)
-    next_batch = _mnist_batches(data_root, batch_size, device)
+def vae_mnist(device: torch.device, hp: dict[str, Any], data_root: Path) -> Step:
+    enc, dec = _Encoder(hp["width"], hp["latent_dim"]).to(device), _Generator(hp["width"], hp["latent_dim"]).to(device)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=hp["lr"], weight_decay=hp["weight_decay"])
+    next_batch = _mnist_batches(data_root, hp["batch_size"], device)
 
     def step() -> None:
         x = next_batch()
@@ -239,15 +238,14 @@ def vae_mnist(device: torch.device, data_root: Path, width: int = 32, latent_dim
     return step
 
 
-def dcgan_mnist(device: torch.device, data_root: Path, width: int = 32, latent_dim: int = 2, batch_size: int = 64,
-                lr: float = 2e-4) -> Step:
-    g, d = _Generator(width, latent_dim).to(device), _Discriminator(width).to(device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
-    next_batch = _mnist_batches(data_root, batch_size, device)
+def dcgan_mnist(device: torch.device, hp: dict[str, Any], data_root: Path) -> Step:
+    g, d = _Generator(hp["width"], hp["latent_dim"]).to(device), _Discriminator(hp["width"]).to(device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]))
+    opt_d = torch.optim.Adam(d.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]))
+    next_batch = _mnist_batches(data_root, hp["batch_size"], device)
 
     def z() -> torch.Tensor:
-        return torch.randn(batch_size, latent_dim, device=device)
+        return torch.randn(hp["batch_size"], hp["latent_dim"], device=device)
 
     def step() -> None:
         x = next_batch()
@@ -264,7 +262,7 @@ def dcgan_mnist(device: torch.device, data_root: Path, width: int = 32, latent_d
     return step
 
 
-# (method, dataset) -> builder(device, [data_root,] **size); sizes default to the suite's defaults.
+# (method, dataset) -> builder(device, hp, data_root): hp are the suite's resolved hyper-parameters of the method.
 REFERENCES: dict[tuple[str, str], Callable[..., Step]] = {
     ("realnvp", "moons"): realnvp_moons,
     ("otflow", "moons"): otflow_moons,

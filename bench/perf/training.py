@@ -40,12 +40,7 @@ def reference_step(method: str, ds: datasets.Dataset, device: torch.device,
         return None
     hp = models.resolve_hparams(method, ds.name)
     torch.manual_seed(0)
-    if ds.kind == "image":
-        step = build(device, data_root or datasets.default_data_root(), width=hp["width"], latent_dim=hp["latent_dim"],
-                     batch_size=hp["batch_size"])
-    else:
-        sizes = {"realnvp": ("n_layers", "width"), "otflow": ("width", "nt")}[method]
-        step = build(device, batch_size=hp["batch_size"], **{k: hp[k] for k in sizes})
+    step = build(device, hp, data_root or datasets.default_data_root())
     return step, hp["batch_size"]
 
 
