@@ -54,12 +54,12 @@ def training_rows(names: list[str], threads: list[int], seconds: float, device: 
                 continue
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
-                steps = {"suite": suite_step(method, ds, device)[0]}
+                suite, batch = suite_step(method, ds, device)
+                steps = {"suite": suite}
                 ref = reference_step(method, ds, device, data_root)
                 if ref is not None:
-                    steps["reference"] = ref[0]
+                    steps["reference"] = ref
                 rates = compare(steps, seconds * len(steps), device)
-                batch = models.resolve_hparams(method, name)["batch_size"]
                 row = {"section": "training", "name": method, "dataset": name, "threads": n_threads, "batch": batch,
                        "suite_steps_per_s": round(rates["suite"], 2), "suite_samples_per_s": round(rates["suite"] * batch),
                        "reference_steps_per_s": round(rates["reference"], 2) if ref else "",

@@ -32,16 +32,13 @@ def suite_step(method: str, ds: datasets.Dataset, device: torch.device) -> tuple
     return step, batch_size
 
 
-def reference_step(method: str, ds: datasets.Dataset, device: torch.device,
-                   data_root: Path | None) -> tuple[Step, int] | None:
+def reference_step(method: str, ds: datasets.Dataset, device: torch.device, data_root: Path | None) -> Step | None:
     """The course recipe's step for the same method and size, or None where there is no reference."""
     build = REFERENCES.get((method, ds.name))
     if build is None:
         return None
-    hp = models.resolve_hparams(method, ds.name)
     torch.manual_seed(0)
-    step = build(device, hp, data_root or datasets.default_data_root())
-    return step, hp["batch_size"]
+    return build(device, models.resolve_hparams(method, ds.name), data_root or datasets.default_data_root())
 
 
 def steps_per_second(step: Step, seconds: float, device: torch.device) -> float:
