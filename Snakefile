@@ -91,7 +91,7 @@ rule train:
     params:
         run=lambda w: RUN.format(**w),
         hparams=lambda w: shlex.quote(json.dumps(bench_config.overrides(CFG, w.method, w.dataset), sort_keys=True)),
-        loop=shlex.quote(json.dumps(CFG["training"], sort_keys=True)),
+        loop=lambda w: shlex.quote(json.dumps(bench_config.loop(CFG, w.method), sort_keys=True)),
         init=lambda w: " ".join(f"--init {name}={run}" for name, run in required_runs(w).items()),
     threads: 1
     resources:

@@ -63,6 +63,14 @@ def _check_names(cfg: dict[str, Any]) -> None:
         check_metrics(cfg["evaluation"].get("metrics"))
     except UserError as exc:
         raise UserError(f"evaluation.metrics: {exc}") from None
+    for method in cfg["training"].get("compile", []):
+        if method not in cfg["methods"]:
+            raise UserError(f"training.compile names method {method!r}, which is not in `methods` "
+                            f"({', '.join(cfg['methods'])})")
+        try:
+            models.check_compilable(method)
+        except UserError as exc:
+            raise UserError(f"training.compile: {exc}") from None
     for key, deltas in cfg["hparams"].items():
         method, _, dataset = key.partition("@")
         if method not in cfg["methods"]:
@@ -78,6 +86,13 @@ def _check_names(cfg: dict[str, Any]) -> None:
 def overrides(cfg: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:
     """The config's hyper-parameter deltas for one (method, dataset): "method" keys, then "method@dataset"."""
     return {**cfg["hparams"].get(method, {}), **cfg["hparams"].get(f"{method}@{dataset}", {})}
+
+
+def loop(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The training-loop settings of one method's runs: `training` with its `compile` list resolved to
+    `compile: true` for the listed methods (others carry no such key, so listing one method re-trains only it)."""
+    settings = {k: v for k, v in cfg["training"].items() if k != "compile"}
+    return {**settings, "compile": True} if method in cfg["training"].get("compile", []) else settings
 
 
 def grid(cfg: dict[str, Any]) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, str]]]:

@@ -31,6 +31,7 @@ from bench.seeding import determinism, resolve_device, rng_state, seed_everythin
 CHECKPOINT, RESUME, LOG, PROVENANCE = "checkpoint.pt", "resume.pt", "train_log.csv", "provenance.json"
 LOOP_DEFAULTS = {"log_every": 100, "val_every": 1000, "checkpoint_every": 1000, "val_size": 5000}
 RETRY = "retry_diverged"  # opt-in, default false; not in LOOP_DEFAULTS so runs without it keep their config hash
+COMPILE = "compile"  # opt-in, default false, likewise: train with the method's `compile_training()`
 RETRY_SEED_OFFSET = 3_000_003
 
 
@@ -43,10 +44,11 @@ def retry_seed(seed: int) -> int:
 def check_loop(loop: dict[str, Any]) -> None:
     """Training-loop settings from the CLI's --loop (the pipeline's are schema-checked too)."""
     for key, value in loop.items():
-        if key == RETRY and isinstance(value, bool) or key in LOOP_DEFAULTS and type(value) is int and value >= 1:
+        flag, count = key in (RETRY, COMPILE), key in LOOP_DEFAULTS
+        if flag and isinstance(value, bool) or count and type(value) is int and value >= 1:
             continue
         raise UserError(f"training-loop setting {key}={value!r} is invalid; valid: {', '.join(LOOP_DEFAULTS)} "
-                        f"(positive integers) and {RETRY} (true or false)")
+                        f"(positive integers), {RETRY} and {COMPILE} (true or false)")
 
 
 @dataclass
@@ -70,6 +72,8 @@ class RunSpec:
         hp = models.resolve_hparams(method, dataset, overrides)
         loop = {**LOOP_DEFAULTS, **(kwargs.pop("loop", None) or {})}
         check_loop(loop)
+        if loop.get(COMPILE):
+            models.check_compilable(method)
         init_runs = kwargs.pop("init_runs", None) or {}
         required = set(models.get(method).requires)
         if set(init_runs) != required:
@@ -201,6 +205,8 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
     seed = retry["seed"] if retry else spec.seed
     seed_everything(seed, device)
     model = models.get(spec.method)(ds, hp).to(device)
+    if loop.get(COMPILE):
+        model.compile_training()
     optimizers = model.configure_optimizers()
     train_x, val_x = ds.train.to(device), ds.val[: loop["val_size"]].to(device)
     sampler = EpochSampler(len(train_x), hp["batch_size"], seed)
@@ -234,10 +240,7 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
     try:
         model.train()
         for step in range(start, hp["steps"]):
-            batch = train_x[sampler.indices(step)]
-            if ds.train_transform is not None:
-                batch = ds.train_transform(batch)
-            losses = model.train_step(batch, optimizers, step)
+            losses = model.train_step(sampler.batch(ds, train_x, step), optimizers, step)
             bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
             if bad:
                 status = {"status": "diverged", "step": step, "reason": f"non-finite loss {bad} at step {step}",

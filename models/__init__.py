@@ -59,6 +59,14 @@ def get(name: str) -> type:
     return _REGISTRY[name]
 
 
+def check_compilable(name: str) -> None:
+    """A UserError unless method `name` can train compiled (`training.compile`)."""
+    if not get(name).compiled:
+        compilable = ", ".join(m for m in sorted(_REGISTRY) if _REGISTRY[m].compiled)
+        raise UserError(f"method {name!r} cannot train compiled (nothing in its step to compile; see its `compiled`); "
+                        f"methods that can: {compilable}")
+
+
 def resolve_hparams(name: str, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The method's code defaults for `dataset`, updated by `overrides`; unknown keys, and a `steps` or
     `batch_size` that is not a positive integer, are a UserError."""

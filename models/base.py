@@ -24,6 +24,7 @@ class Method(nn.Module):
     capabilities: ClassVar[frozenset[str]]
     unsupported: ClassVar[dict[str, str]] = {}  # dataset name -> why this method does not run on it
     requires: ClassVar[tuple[str, ...]] = ()  # methods whose trained run (same dataset and seed) this one starts from
+    compiled: ClassVar[tuple[str, ...]] = ("loss",)  # what `compile_training` compiles; () where nothing can be
 
     def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
         super().__init__()
@@ -45,6 +46,14 @@ class Method(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def compile_training(self) -> None:
+        """Replace the methods named in `compiled` (those the training step differentiates) by their
+        `torch.compile`d versions (inductor; one graph per batch shape). Opt-in (`training.compile`): the same
+        model and objective, with fused kernels; numbers agree with eager mode to float rounding, and are
+        reproducible on CPU. It pays only where a step is many small operations (reports/perf.md)."""
+        for name in self.compiled:
+            setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams

@@ -149,6 +149,7 @@ class FFJORD(Method):
     family = "cnf"
     capabilities = frozenset({"log_prob", "sample"})
     unsupported = CONTINUOUS_ONLY
+    compiled = ()  # the adaptive solver's step count depends on the data: no fixed graph to compile
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class GAN(Method):
 
     family = "gan"
     capabilities = frozenset({"sample"})
+    compiled = ()  # alternating updates, no single loss; WGAN-GP's penalty needs double backward
     n_critic_default: ClassVar[int] = 1
 
     @classmethod

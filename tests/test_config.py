@@ -31,6 +31,11 @@ def test_default_config_is_valid():
     ({**GOOD, "hparams": {"vae": {"steps": 3}}}, "hparams.vae names method 'vae', which is not in `methods`"),
     ({**GOOD, "training": {"log_every": 0}}, "at training.log_every: 0 is less than the minimum of 1"),
     ({**GOOD, "training": {"retry_diverged": "yes"}}, "at training.retry_diverged: 'yes' is not of type 'boolean'"),
+    ({**GOOD, "training": {"compile": "realnvp"}}, "at training.compile: 'realnvp' is not of type 'array'"),
+    ({**GOOD, "training": {"compile": ["otflow"]}}, "training.compile names method 'otflow', which is not in `methods`"),
+    ({**GOOD, "methods": ["ffjord"], "training": {"compile": ["ffjord"]}},
+     ("training.compile: method 'ffjord' cannot train compiled (nothing in its step to compile; see its `compiled`); "
+      "methods that can: otflow, realnvp, vae")),
     ({**GOOD, "evaluation": {"metrics": ["fidd"]}},
      "evaluation.metrics: unknown metric 'fidd'; valid metrics: test_nll, test_bpd, elbo, iwae_k, elbo_gap,"),
     ({**GOOD, "evaluation": {"n_samples": {"points": 20000}}},
@@ -45,9 +50,13 @@ def test_invalid_configs_name_the_problem(bad, message):
     assert "\n" not in str(info.value)
 
 
-def test_retry_and_metric_selection_are_accepted():
-    cfg = config.validate({**GOOD, "training": {"retry_diverged": True}, "evaluation": {"metrics": ["w2", "iwae_k"]}})
+def test_retry_compile_and_metric_selection_are_accepted():
+    cfg = config.validate({**GOOD, "methods": ["realnvp", "vae"], "evaluation": {"metrics": ["w2", "iwae_k"]},
+                           "training": {"retry_diverged": True, "log_every": 5, "compile": ["realnvp"]}})
     assert cfg["training"]["retry_diverged"] is True and cfg["evaluation"]["metrics"] == ["w2", "iwae_k"]
+    # Only the listed method's runs get the setting, so listing it leaves every other run's config hash alone.
+    assert config.loop(cfg, "realnvp") == {"retry_diverged": True, "log_every": 5, "compile": True}
+    assert config.loop(cfg, "vae") == {"retry_diverged": True, "log_every": 5}
 
 
 def test_method_dataset_overrides_win():
@@ -76,6 +85,8 @@ NOT_MNIST_MD5 = hashlib.md5(NOT_MNIST).hexdigest()
      "hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
     ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--loop", json.dumps({"retry_diverged": "yes"})], {},
      "training-loop setting retry_diverged='yes' is invalid; valid: log_every,"),
+    ([*TRAIN, "--method", "wgan", "--dataset", "moons", "--loop", json.dumps({"compile": True})], {},
+     "method 'wgan' cannot train compiled (nothing in its step to compile; see its `compiled`); methods that can:"),
     (MNIST, {}, "MNIST file train-images-idx3-ubyte not found in {tmp}/data/MNIST/raw (plain or .gz); set "
                 "DGMBENCH_DATA_ROOT (or `data_root` in the config) to a folder holding MNIST/raw, or run "
                 "`dgmbench download mnist --data-root {tmp}/data`"),

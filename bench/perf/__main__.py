@@ -39,8 +39,9 @@ from bench.perf.training import compare, reference_step, suite_step
 from bench.seeding import resolve_device
 
 REPO = provenance.REPO
-FIELDS = ["section", "name", "dataset", "threads", "n", "batch", "suite_steps_per_s", "suite_samples_per_s",
-          "reference_steps_per_s", "ratio", "seconds", "converged", "value", "device"]
+TRAINING = ["suite_steps_per_s", "suite_samples_per_s", "reference_steps_per_s", "ratio", "compiled_steps_per_s",
+            "compiled_ratio", "compile_s"]
+FIELDS = ["section", "name", "dataset", "threads", "n", "batch", *TRAINING, "seconds", "converged", "value", "device"]
 
 
 def training_rows(names: list[str], threads: list[int], seconds: float, device: torch.device,
@@ -59,14 +60,25 @@ def training_rows(names: list[str], threads: list[int], seconds: float, device: 
                 ref = reference_step(method, ds, device, data_root)
                 if ref is not None:
                     steps["reference"] = ref
-                rates = compare(steps, seconds * len(steps), device)
                 row = {"section": "training", "name": method, "dataset": name, "threads": n_threads, "batch": batch,
-                       "suite_steps_per_s": round(rates["suite"], 2), "suite_samples_per_s": round(rates["suite"] * batch),
-                       "reference_steps_per_s": round(rates["reference"], 2) if ref else "",
-                       "ratio": round(rates["suite"] / rates["reference"], 2) if ref else "", "device": str(device)}
+                       "device": str(device)}
+                if cls.compiled:  # training.compile: the first step compiles (inductor's cache starts empty)
+                    steps["compiled"] = suite_step(method, ds, device, compile=True)[0]
+                    t0 = time.perf_counter()
+                    steps["compiled"]()
+                    row["compile_s"] = round(time.perf_counter() - t0, 1)
+                rates = compare(steps, seconds * len(steps), device)
+                row.update(suite_steps_per_s=round(rates["suite"], 2), suite_samples_per_s=round(rates["suite"] * batch))
+                if ref:
+                    row.update(reference_steps_per_s=round(rates["reference"], 2),
+                               ratio=round(rates["suite"] / rates["reference"], 2))
+                if cls.compiled:
+                    row["compiled_steps_per_s"] = round(rates["compiled"], 2)
+                    if ref:
+                        row["compiled_ratio"] = round(rates["compiled"] / rates["reference"], 2)
                 rows.append(row)
-                print(f"training {name}/{method} threads={n_threads}: {row['suite_steps_per_s']} steps/s"
-                      + (f", reference {row['reference_steps_per_s']}, ratio {row['ratio']}" if ref else ""), flush=True)
+                print(f"training {name}/{method} threads={n_threads}: "
+                      + ", ".join(f"{k} {row[k]}" for k in TRAINING if k in row), flush=True)
     return rows
 
 
@@ -123,11 +135,14 @@ def markdown(rows: list[dict[str, Any]], command: str, device: torch.device) -> 
                    "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py:"
                    " per-step `make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). "
                    "Median of three interleaved windows.\n")
-        out.append("| dataset | method | threads | batch | suite steps/s | suite samples/s | reference steps/s | ratio |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        out += [f"| {r['dataset']} | {r['name']} | {r['threads']} | {r['batch']} | {r['suite_steps_per_s']} | "
-                f"{r['suite_samples_per_s']} | {r['reference_steps_per_s'] or '–'} | {r['ratio'] or '–'} |"
-                for r in training]
+        out.append("`compiled`: the same step with `training.compile` (torch.compile of the method's objective; "
+                   "FFJORD and the GANs have none), timed alike after its first step, which compiles (`compile s`, "
+                   "with inductor's cache empty at the first thread count and reused at the next).\n")
+        out.append("| dataset | method | threads | batch | suite steps/s | suite samples/s | reference steps/s | ratio "
+                   "| compiled steps/s | compiled ratio | compile s |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out += [f"| {r['dataset']} | {r['name']} | {r['threads']} | {r['batch']} | "
+                + " | ".join(str(r.get(k, "–")) for k in TRAINING) + " |" for r in training]
         out.append("")
     metric = [r for r in rows if r["section"] == "metrics"]
     if metric:
@@ -161,8 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     threads = [int(t) for t in args.threads.split(",")]
-    rows = [] if args.no_training else training_rows(args.datasets.split(","), threads, args.seconds, device,
-                                                     args.data_root)
+    rows = []
+    if not args.no_training:
+        # A fresh inductor cache, so `compile s` is what a first compiled run costs on this machine.
+        with tempfile.TemporaryDirectory(prefix="dgmbench-perf-inductor-") as cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            rows += training_rows(args.datasets.split(","), threads, args.seconds, device, args.data_root)
     torch.set_num_threads(1)
     rows += metric_rows(args.quick, args.data_root)
     if args.pipeline:

@@ -16,11 +16,14 @@ from bench.train import EpochSampler
 Step = Callable[[], None]
 
 
-def suite_step(method: str, ds: datasets.Dataset, device: torch.device) -> tuple[Step, int]:
+def suite_step(method: str, ds: datasets.Dataset, device: torch.device, compile: bool = False) -> tuple[Step, int]:
     """One step of the suite's training loop at the method's default size: the minibatch drawn from the in-memory
-    training set exactly as `bench.train.train` draws it, then `train_step`. Returns (step, batch size)."""
+    training set exactly as `bench.train.train` draws it, then `train_step` (compiled as `training.compile` does
+    it if `compile`; the first call then compiles). Returns (step, batch size)."""
     torch.manual_seed(0)
     model = models.get(method)(ds, models.resolve_hparams(method, ds.name)).to(device)
+    if compile:
+        model.compile_training()
     optimizers, batch_size = model.configure_optimizers(), model.hparams["batch_size"]
     train_x = ds.train.to(device)
     sampler, counter = EpochSampler(len(train_x), batch_size, seed=0), iter(range(1 << 62))
