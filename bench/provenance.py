@@ -45,6 +45,19 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (`platform.processor()` is often just "x86_64")."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def collect(device: torch.device) -> dict[str, Any]:
     """Machine-level provenance, recorded with every training and evaluation run."""
     return {
@@ -53,7 +66,7 @@ def collect(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.node(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

@@ -50,3 +50,22 @@ def test_mnist_reference_steps_run():
     for method in ("vae", "dcgan"):
         hp = models.resolve_hparams(method, "mnist", {"width": 4, "batch_size": 8})
         reference.REFERENCES[method, "mnist"](torch.device("cpu"), hp, default_data_root())()
+
+
+def test_paper_run_rows_time_one_complete_run_per_method():
+    """--paper-runs: each method that runs on the dataset trains once, and the report gets the table."""
+    from bench.perf.__main__ import markdown, paper_run_rows
+
+    rows = paper_run_rows(["moons"], models.available(), torch.device("cpu"), None, {"steps": 3, "batch_size": 32})
+    assert sorted(r["name"] for r in rows) == [m for m in models.available() if "moons" not in models.get(m).unsupported]
+    for r in rows:
+        assert (r["n"], r["batch"], r["value"]) == (3, 32, "ok") and r["suite_steps_per_s"] > 0, r
+    assert "| moons | wgan | 3 | 32 |" in markdown(rows, "python -m bench.perf --paper-runs", "a test")
+
+
+@needs_mnist
+def test_paper_runs_of_a_vae_initialized_gan_train_the_vae_first():
+    from bench.perf.__main__ import paper_run_rows
+
+    rows = paper_run_rows(["mnist"], ["dcgan-vaeinit"], torch.device("cpu"), None, {"steps": 2, "batch_size": 8})
+    assert [(r["name"], r["value"]) for r in rows] == [("vae", "ok"), ("dcgan-vaeinit", "ok")]

@@ -1,7 +1,7 @@
 """The performance harness: training throughput against the course reference, metric timings, the pipeline.
 
     python -m bench.perf [--seconds 6] [--threads 1,2] [--device cpu|cuda|auto] [--quick] [--pipeline]
-                         [--out reports]
+                         [--paper-runs] [--out reports]
 
 Writes `perf.md` and `perf.csv` into --out (default reports/) and prints the tables as it goes.
 - Training: steps/s and samples/s of every method at its default size on moons and MNIST (the suite's own
@@ -12,6 +12,8 @@ Writes `perf.md` and `perf.csv` into --out (default reports/) and prints the tab
   MNIST images with the suite's classifier features.
 - Pipeline (--pipeline, ~20 min on 2 CPU cores): the default config end to end in a fresh folder (temporary,
   or --pipeline-dir, kept), then the no-op re-run.
+- Paper-budget runs (--paper-runs, meant for a GPU: hours on a CPU): one complete `bench.train` run (seed 0) of
+  every method at its code defaults, the paper budget, on each dataset, with its wall time.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from bench.io import write_text
 from bench.perf import metrics as perf_metrics
 from bench.perf.training import compare, reference_step, suite_step
 from bench.seeding import resolve_device
+from bench.train import RunSpec, train
 
 REPO = provenance.REPO
 TRAINING = ["suite_steps_per_s", "suite_samples_per_s", "reference_steps_per_s", "ratio", "compiled_steps_per_s",
@@ -44,12 +47,12 @@ TRAINING = ["suite_steps_per_s", "suite_samples_per_s", "reference_steps_per_s",
 FIELDS = ["section", "name", "dataset", "threads", "n", "batch", *TRAINING, "seconds", "converged", "value", "device"]
 
 
-def training_rows(names: list[str], threads: list[int], seconds: float, device: torch.device,
+def training_rows(names: list[str], methods: list[str], threads: list[int], seconds: float, device: torch.device,
                   data_root: Path | None) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         ds = datasets.load(name, data_root)
-        for method in models.available():
+        for method in methods:
             cls = models.get(method)
             if name in cls.unsupported or cls.requires:  # VAE-initialized GANs train exactly like their base GAN
                 continue
@@ -62,7 +65,7 @@ def training_rows(names: list[str], threads: list[int], seconds: float, device: 
                     steps["reference"] = ref
                 row = {"section": "training", "name": method, "dataset": name, "threads": n_threads, "batch": batch,
                        "device": str(device)}
-                if cls.compiled:  # training.compile: the first step compiles (inductor's cache starts empty)
+                if cls.compiled:  # training.compile: the first step compiles
                     steps["compiled"] = suite_step(method, ds, device, compile=True)[0]
                     t0 = time.perf_counter()
                     steps["compiled"]()
@@ -119,16 +122,45 @@ def pipeline_rows(data_root: Path | None, work: Path | None) -> list[dict[str, A
     return rows
 
 
+def paper_run_rows(names: list[str], methods: list[str], device: torch.device, data_root: Path | None,
+                   overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One full training run (seed 0, the training loop's default settings) of each method at its code
+    defaults (the paper budget) on each dataset, timed end to end; `overrides` are hyper-parameter deltas for
+    every run. VAE-initialized GANs start from the VAE run just trained, as in the pipeline (the VAE is
+    trained for them, timed too, if `methods` leaves it out)."""
+    rows = []
+    for name in names:
+        needed = {m for m in methods if name not in models.get(m).unsupported}
+        needed |= {r for m in needed for r in models.get(m).requires}
+        order = sorted(needed, key=lambda m: (bool(models.get(m).requires), m))  # the runs others start from first
+        with tempfile.TemporaryDirectory(prefix="dgmbench-perf-runs-") as root:
+            for method in order:
+                spec = RunSpec.build(method, name, 0, overrides, device=str(device),
+                                     data_root=None if data_root is None else str(data_root),
+                                     init_runs={m: f"{root}/{m}" for m in models.get(method).requires})
+                t0 = time.perf_counter()
+                status = train(spec, Path(root) / method, progress=False)
+                seconds = time.perf_counter() - t0
+                steps = spec.hparams["steps"]
+                rows.append({"section": "paper_run", "name": method, "dataset": name, "n": steps,
+                             "batch": spec.hparams["batch_size"], "seconds": round(seconds, 1),
+                             "suite_steps_per_s": round(steps / seconds, 2), "value": status["status"],
+                             "threads": torch.get_num_threads(), "device": str(device)})
+                print(f"paper-budget run {name}/{method}: {steps} steps in {seconds:.1f} s ({status['status']})",
+                      flush=True)
+    return rows
+
+
 def machine(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     cpus = len(os.sched_getaffinity(0))
-    return (f"{name} ({device}), {cpus} CPU cores available, torch {torch.__version__}, Python "
+    return (f"{provenance.device_name(device)} ({device}), {cpus} CPU cores available, torch {torch.__version__}, Python "
             f"{platform.python_version()}, commit {provenance.git_version()['commit'][:10]}"
             f"{' (uncommitted changes)' if provenance.git_version()['dirty'] else ''}")
 
 
-def markdown(rows: list[dict[str, Any]], command: str, device: torch.device) -> str:
-    out = [f"# Performance\n\nMeasured by `{command}` on {machine(device)}.\n"]
+def markdown(rows: list[dict[str, Any]], command: str, ran_on: str) -> str:
+    """reports/perf.md: the tables of `rows`, measured by `command` on `ran_on` (`machine()`)."""
+    out = [f"# Performance\n\nMeasured by `{command}` on {ran_on}.\n"]
     training = [r for r in rows if r["section"] == "training"]
     if training:
         out.append("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
@@ -136,8 +168,8 @@ def markdown(rows: list[dict[str, Any]], command: str, device: torch.device) -> 
                    " per-step `make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). "
                    "Median of three interleaved windows.\n")
         out.append("`compiled`: the same step with `training.compile` (torch.compile of the method's objective; "
-                   "FFJORD and the GANs have none), timed alike after its first step, which compiles (`compile s`, "
-                   "with inductor's cache empty at the first thread count and reused at the next).\n")
+                   "FFJORD and the GANs have none), timed alike after its first step, which compiles (`compile s`; "
+                   "inductor's cache starts empty in each harness run).\n")
         out.append("| dataset | method | threads | batch | suite steps/s | suite samples/s | reference steps/s | ratio "
                    "| compiled steps/s | compiled ratio | compile s |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -152,6 +184,14 @@ def markdown(rows: list[dict[str, Any]], command: str, device: torch.device) -> 
         out += [f"| {r['name']} | {r['n']} | {r['dataset']} | {r['seconds']} | {r['converged']} | {r['value']} |"
                 for r in metric]
         out.append("")
+    runs = [r for r in rows if r["section"] == "paper_run"]
+    if runs:
+        out.append("## Paper-budget runs\n\nOne `bench.train` run (seed 0) per method at its code defaults, "
+                   "validation and checkpoints included.\n")
+        out.append("| dataset | method | steps | batch | seconds | steps/s | status |\n|---|---|---|---|---|---|---|")
+        out += [f"| {r['dataset']} | {r['name']} | {r['n']} | {r['batch']} | {r['seconds']} | "
+                f"{r['suite_steps_per_s']} | {r['value']} |" for r in runs]
+        out.append("")
     pipeline = [r for r in rows if r["section"] == "pipeline"]
     if pipeline:
         out.append("## Pipeline\n\n`snakemake --profile profiles/local` with config/default.yaml in a fresh folder.\n")
@@ -164,26 +204,37 @@ def markdown(rows: list[dict[str, Any]], command: str, device: torch.device) -> 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="moons,mnist")
+    p.add_argument("--methods", default=",".join(models.available()), help="methods to time, comma-separated")
     p.add_argument("--seconds", type=float, default=6.0, help="timing budget per contender and thread count")
     p.add_argument("--threads", default="1,2", help="torch thread counts to measure, comma-separated")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--quick", action="store_true", help="skip the slowest metric rows (exact W at N = 10,000)")
     p.add_argument("--no-training", action="store_true")
     p.add_argument("--pipeline", action="store_true", help="also run the default pipeline end to end (~20 min)")
+    p.add_argument("--paper-runs", action="store_true",
+                   help="also train every method once at its paper budget on --device (hours on a CPU)")
     p.add_argument("--pipeline-dir", type=Path, default=None, help="run it in this (new or empty) folder and keep it")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=REPO / "reports")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
+    ran_on = machine(device)  # before any output is written: the code version (and its dirty flag) that runs
     threads = [int(t) for t in args.threads.split(",")]
+    names, methods = args.datasets.split(","), args.methods.split(",")
+    for method in methods:
+        models.get(method)  # an unknown name fails here, before any timing
+    for name in names:
+        datasets.check_name(name)
     rows = []
     if not args.no_training:
         # A fresh inductor cache, so `compile s` is what a first compiled run costs on this machine.
         with tempfile.TemporaryDirectory(prefix="dgmbench-perf-inductor-") as cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-            rows += training_rows(args.datasets.split(","), threads, args.seconds, device, args.data_root)
+            rows += training_rows(names, methods, threads, args.seconds, device, args.data_root)
     torch.set_num_threads(1)
     rows += metric_rows(args.quick, args.data_root)
+    if args.paper_runs:
+        rows += paper_run_rows(names, methods, device, args.data_root)
     if args.pipeline:
         rows += pipeline_rows(args.data_root, args.pipeline_dir)
     command = "python -m bench.perf " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -193,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     writer.writerows(rows)
     stem = "perf" if device.type == "cpu" else f"perf-{device.type}"
     write_text(args.out / f"{stem}.csv", buf.getvalue())
-    write_text(args.out / f"{stem}.md", markdown(rows, command.strip(), device) + "\n")
+    write_text(args.out / f"{stem}.md", markdown(rows, command.strip(), ran_on) + "\n")
     print(f"wrote {args.out / stem}.md and .csv")
 
 
