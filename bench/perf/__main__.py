@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -228,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if not args.no_training:
         # A fresh inductor cache, so `compile s` is what a first compiled run costs on this machine.
-        with tempfile.TemporaryDirectory(prefix="dgmbench-perf-inductor-") as cache:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        with tempfile.TemporaryDirectory(prefix="dgmbench-perf-inductor-") as cache, \
+                mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache}):
             rows += training_rows(names, methods, threads, args.seconds, device, args.data_root)
     torch.set_num_threads(1)
     rows += metric_rows(args.quick, args.data_root)
