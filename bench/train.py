@@ -62,7 +62,7 @@ class RunSpec:
     device: str = "cpu"
     data_root: str | None = None
     init_runs: dict[str, str] = field(default_factory=dict)  # required method -> its trained run folder
-    loop: dict[str, Any] = field(default_factory=lambda: dict(LOOP_DEFAULTS))  # LOOP_DEFAULTS keys and RETRY
+    loop: dict[str, Any] = field(default_factory=lambda: dict(LOOP_DEFAULTS))  # LOOP_DEFAULTS keys, RETRY and COMPILE
 
     @classmethod
     def build(cls, method: str, dataset: str, seed: int, overrides: dict[str, Any] | None = None,

@@ -159,46 +159,40 @@ def machine(device: torch.device) -> str:
             f"{' (uncommitted changes)' if provenance.git_version()['dirty'] else ''}")
 
 
+# Each section of perf.md: (row section, heading and text above the table, [(column header, row key)]).
+SECTIONS = [
+    ("training", ("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
+      "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py: per-step "
+      "`make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). Median of three interleaved "
+      "windows.\n\n`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
+      "and the GANs have none), timed alike after its first step, which compiles (`compile s`; inductor's cache "
+      "starts empty in each harness run)."),
+     [("dataset", "dataset"), ("method", "name"), ("threads", "threads"), ("batch", "batch"),
+      *zip(["suite steps/s", "suite samples/s", "reference steps/s", "ratio", "compiled steps/s", "compiled ratio",
+            "compile s"], TRAINING, strict=True)]),
+    ("metrics", ("## Metrics at their default N\n\nSeeded synthetic data (bench/perf/metrics.py); exact W is POT's "
+      "single-threaded network simplex with `numItermax` 1e7 and a convergence check."),
+     [("metric", "name"), ("N", "n"), ("d", "dataset"), ("seconds", "seconds"), ("converged", "converged"),
+      ("value", "value")]),
+    ("paper_run", ("## Paper-budget runs\n\nOne `bench.train` run (seed 0) per method at its code defaults, "
+      "validation and checkpoints included."),
+     [("dataset", "dataset"), ("method", "name"), ("steps", "n"), ("batch", "batch"), ("seconds", "seconds"),
+      ("steps/s", "suite_steps_per_s"), ("status", "value")]),
+    ("pipeline", "## Pipeline\n\n`snakemake --profile profiles/local` with config/default.yaml in a fresh folder.",
+     [("run", "name"), ("seconds", "seconds")]),
+]
+
+
 def markdown(rows: list[dict[str, Any]], command: str, ran_on: str) -> str:
-    """reports/perf.md: the tables of `rows`, measured by `command` on `ran_on` (`machine()`)."""
+    """reports/perf.md: a table per section of `rows` (SECTIONS; "–" where a row has no value), measured by
+    `command` on `ran_on` (`machine()`)."""
     out = [f"# Performance\n\nMeasured by `{command}` on {ran_on}.\n"]
-    training = [r for r in rows if r["section"] == "training"]
-    if training:
-        out.append("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
-                   "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py:"
-                   " per-step `make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). "
-                   "Median of three interleaved windows.\n")
-        out.append("`compiled`: the same step with `training.compile` (torch.compile of the method's objective; "
-                   "FFJORD and the GANs have none), timed alike after its first step, which compiles (`compile s`; "
-                   "inductor's cache starts empty in each harness run).\n")
-        out.append("| dataset | method | threads | batch | suite steps/s | suite samples/s | reference steps/s | ratio "
-                   "| compiled steps/s | compiled ratio | compile s |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        out += [f"| {r['dataset']} | {r['name']} | {r['threads']} | {r['batch']} | "
-                + " | ".join(str(r.get(k, "–")) for k in TRAINING) + " |" for r in training]
-        out.append("")
-    metric = [r for r in rows if r["section"] == "metrics"]
-    if metric:
-        out.append("## Metrics at their default N\n\nSeeded synthetic data (bench/perf/metrics.py); exact W is POT's "
-                   "single-threaded network simplex with `numItermax` 1e7 and a convergence check.\n")
-        out.append("| metric | N | d | seconds | converged | value |\n|---|---|---|---|---|---|")
-        out += [f"| {r['name']} | {r['n']} | {r['dataset']} | {r['seconds']} | {r['converged']} | {r['value']} |"
-                for r in metric]
-        out.append("")
-    runs = [r for r in rows if r["section"] == "paper_run"]
-    if runs:
-        out.append("## Paper-budget runs\n\nOne `bench.train` run (seed 0) per method at its code defaults, "
-                   "validation and checkpoints included.\n")
-        out.append("| dataset | method | steps | batch | seconds | steps/s | status |\n|---|---|---|---|---|---|---|")
-        out += [f"| {r['dataset']} | {r['name']} | {r['n']} | {r['batch']} | {r['seconds']} | "
-                f"{r['suite_steps_per_s']} | {r['value']} |" for r in runs]
-        out.append("")
-    pipeline = [r for r in rows if r["section"] == "pipeline"]
-    if pipeline:
-        out.append("## Pipeline\n\n`snakemake --profile profiles/local` with config/default.yaml in a fresh folder.\n")
-        out.append("| run | seconds |\n|---|---|")
-        out += [f"| {r['name']} | {r['seconds']} |" for r in pipeline]
-        out.append("")
+    for section, text, columns in SECTIONS:
+        table = [r for r in rows if r["section"] == section]
+        if table:
+            out += [f"{text}\n", "| " + " | ".join(h for h, _ in columns) + " |", "|---" * len(columns) + "|"]
+            out += ["| " + " | ".join(str(r.get(k, "–")) for _, k in columns) + " |" for r in table]
+            out.append("")
     return "\n".join(out)
 
 
