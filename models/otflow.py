@@ -36,7 +36,7 @@ bits/dim anchor; `inverse_error` (in logit space) shows how well nt_eval RK4 ste
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -74,31 +74,56 @@ class Potential(nn.Module):
         sym = self.A.t() @ self.A
         return u1 @ self.w + 0.5 * ((s @ sym) * s).sum(1) + s @ self.b + self.c
 
-    def grad_and_trace(self, s: torch.Tensor, trace: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """∇ₛΦ (B×(d+1)) and tr(∇ₓ²Φ) (B), both analytic."""
-        d, h = self.d, self.h
-        K0, K1 = self.K0.weight, self.K1.weight  # m×(d+1), m×m
-        op = self.K0(s)
-        u0 = _act(op)
-        tanh0 = torch.tanh(op)
-        tanh1 = torch.tanh(self.K1(u0))
-        z1 = self.w + h * (tanh1 * self.w) @ K1  # ∂(wᵀN)/∂u₀
+    def shared(self) -> "Shared":
+        """The parameter-only terms of ∇Φ and the trace, computed once per integration: every RK4 stage reuses
+        them, and their backward runs once instead of once per stage."""
+        Kx = self.K0.weight[:, : self.d]  # K₀E, m×d
         sym = self.A.t() @ self.A
-        grad = (tanh0 * z1) @ K0 + s @ sym + self.b
+        gram = Kx @ Kx.t() if self.d > self.K1.weight.shape[0] else None
+        return Shared(sym, Kx.t(), Kx.pow(2).sum(1), self.K1.weight.t(), gram, sym.diagonal()[: self.d].sum())
+
+    def grad_and_trace(self, s: torch.Tensor, trace: bool = True,
+                       shared: "Shared | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """∇ₛΦ (B×(d+1)) and tr(∇ₓ²Φ) (B), both analytic; `shared` is `self.shared()` (computed if not given)."""
+        c = shared or self.shared()
+        op = self.K0(s)
+        tanh0 = torch.tanh(op)
+        tanh1 = torch.tanh(self.K1(_act(op)))
+        tanh1_w = tanh1 * self.w
+        z1 = torch.addmm(self.w, tanh1_w, self.K1.weight, alpha=self.h)  # ∂(wᵀN)/∂u₀
+        tanh0_z1 = tanh0 * z1
+        grad = torch.addmm(torch.addmm(self.b, s, c.sym), tanh0_z1, self.K0.weight)
         if not trace:
             return grad, None
-        Kx = K0[:, :d]  # m×d
-        t0 = ((1 - tanh0.pow(2)) * z1) @ Kx.pow(2).sum(1)
+        t0 = (z1 - tanh0 * tanh0_z1) @ c.kx_sq  # σ'' = 1 − tanh², so σ''(K₀s+b₀) ⊙ z₁ = z₁ − tanh0 ⊙ (tanh0 ⊙ z₁)
         # Row norms² of J = K₁ diag(σ'(K₀s+b₀)) K₀E (m×d per example). Small d: its d columns K₁(σ' ⊙ K₀eᵢ),
         # B·m²·d work. Large d: with P = K₁ diag(σ') and the Gram matrix G = (K₀E)(K₀E)ᵀ, ‖Jⱼ‖² = (P G Pᵀ)ⱼⱼ,
         # B·m³ work independent of d.
-        if d <= K1.shape[0]:
-            sq = ((tanh0[:, None, :] * Kx.t()) @ K1.t()).pow(2).sum(1)
+        if c.gram is None:
+            sq = ((tanh0[:, None, :] * c.kx_t) @ c.k1_t).pow(2).sum(1)
         else:
-            P = tanh0[:, None, :] * K1
-            sq = ((P @ (Kx @ Kx.t())) * P).sum(2)
-        t1 = h * ((1 - tanh1.pow(2)) * self.w * sq).sum(1)
-        return grad, t0 + t1 + sym.diagonal()[:d].sum()
+            P = tanh0[:, None, :] * self.K1.weight
+            sq = ((P @ c.gram) * P).sum(2)
+        t1 = ((self.w - tanh1 * tanh1_w) * sq).sum(1)  # σ''(K₁u₀+b₁) ⊙ w = w − tanh1 ⊙ (tanh1 ⊙ w)
+        return grad, torch.add(t0, t1, alpha=self.h) + c.tr_sym
+
+
+class Shared(NamedTuple):
+    """`Potential.shared()`: AᵀA, (K₀E)ᵀ, the squared row norms of K₀E, K₁ᵀ, the Gram matrix (K₀E)(K₀E)ᵀ (only
+    for d > m) and tr(EᵀAᵀAE)."""
+
+    sym: torch.Tensor
+    kx_t: torch.Tensor
+    kx_sq: torch.Tensor
+    k1_t: torch.Tensor
+    gram: torch.Tensor | None
+    tr_sym: torch.Tensor
+
+
+def _rk4_update(y: torch.Tensor, h: float, k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor,
+                k4: torch.Tensor) -> torch.Tensor:
+    """y + h/6 (k1 + 2 k2 + 2 k3 + k4), in four fused multiply-adds."""
+    return torch.add(y, torch.add(torch.add(k1, k2 + k3, alpha=2.0), k4), alpha=h / 6)
 
 
 @register("otflow")
@@ -134,42 +159,41 @@ class OTFlow(Method):
         self.phi = Potential(self.d, hparams["width"], hparams["rank"])
 
     # --- dynamics and integration -------------------------------------------------------------------------------
-    def _rhs(self, state: torch.Tensor, t: float) -> torch.Tensor:
+    def _rhs(self, state: torch.Tensor, t: float, shared: Shared) -> torch.Tensor:
         """∂ₜ[z, ℓ, L, R] for state B×(d+3)."""
         z = state[:, : self.d]
-        s = torch.cat([z, z.new_full((len(z), 1), t)], 1)
-        grad, tr = self.phi.grad_and_trace(s)
-        gx, gt = grad[:, : self.d], grad[:, self.d]
+        grad, tr = self.phi.grad_and_trace(torch.cat([z, z.new_full((len(z), 1), t)], 1), shared=shared)
+        gx = grad[:, : self.d]
         kinetic = 0.5 * gx.pow(2).sum(1)
-        return torch.cat([-gx, -tr[:, None], kinetic[:, None], (gt - kinetic).abs()[:, None]], 1)
+        return torch.cat([-gx, torch.stack([-tr, kinetic, (grad[:, self.d] - kinetic).abs()], 1)], 1)
 
     def integrate(self, x: torch.Tensor, nt: int) -> torch.Tensor:
         """RK4 from t = 0 to 1 in nt steps: the final state [z, ℓ, L, R] (B×(d+3))."""
         state = torch.cat([x, x.new_zeros(len(x), 3)], 1)
-        h = 1.0 / nt
+        h, shared = 1.0 / nt, self.phi.shared()
         for k in range(nt):
             t = k * h
-            k1 = self._rhs(state, t)
-            k2 = self._rhs(state + 0.5 * h * k1, t + 0.5 * h)
-            k3 = self._rhs(state + 0.5 * h * k2, t + 0.5 * h)
-            k4 = self._rhs(state + h * k3, t + h)
-            state = state + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+            k1 = self._rhs(state, t, shared)
+            k2 = self._rhs(torch.add(state, k1, alpha=0.5 * h), t + 0.5 * h, shared)
+            k3 = self._rhs(torch.add(state, k2, alpha=0.5 * h), t + 0.5 * h, shared)
+            k4 = self._rhs(torch.add(state, k3, alpha=h), t + h, shared)
+            state = _rk4_update(state, h, k1, k2, k3, k4)
         return state
 
-    def _velocity(self, z: torch.Tensor, t: float) -> torch.Tensor:
+    def _velocity(self, z: torch.Tensor, t: float, shared: Shared) -> torch.Tensor:
         s = torch.cat([z, z.new_full((len(z), 1), t)], 1)
-        return -self.phi.grad_and_trace(s, trace=False)[0][:, : self.d]
+        return -self.phi.grad_and_trace(s, trace=False, shared=shared)[0][:, : self.d]
 
     def generate(self, z: torch.Tensor, nt: int) -> torch.Tensor:
         """x = g(z): RK4 on ∂ₜx = −∇ₓΦ backwards from t = 1 to 0 in nt steps."""
-        x, h = z, 1.0 / nt
+        x, h, shared = z, 1.0 / nt, self.phi.shared()
         for k in range(nt, 0, -1):
             t = k * h
-            k1 = self._velocity(x, t)
-            k2 = self._velocity(x - 0.5 * h * k1, t - 0.5 * h)
-            k3 = self._velocity(x - 0.5 * h * k2, t - 0.5 * h)
-            k4 = self._velocity(x - h * k3, t - h)
-            x = x - (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+            k1 = self._velocity(x, t, shared)
+            k2 = self._velocity(torch.add(x, k1, alpha=-0.5 * h), t - 0.5 * h, shared)
+            k3 = self._velocity(torch.add(x, k2, alpha=-0.5 * h), t - 0.5 * h, shared)
+            k4 = self._velocity(torch.add(x, k3, alpha=-h), t - h, shared)
+            x = _rk4_update(x, -h, k1, k2, k3, k4)
         return x
 
     # --- Method interface ---------------------------------------------------------------------------------------

@@ -44,7 +44,11 @@ class _STNets(nn.Module):
     def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = F.leaky_relu(torch.baddbmm(self.b1, c.expand(2, -1, -1), self.w1))
         h = F.leaky_relu(torch.baddbmm(self.b2, h, self.w2))
-        out = torch.baddbmm(self.b3, h, self.w3)
+        if self.w3.shape[2] == 1:  # one output (2-D data): MKL's batched matrix-vector product (and the two of its
+            # backward) take ~65 µs each here, a multiply-and-sum ~10 µs: 5 % more training steps/s on moons
+            out = (h * self.w3.transpose(1, 2)).sum(2, keepdim=True) + self.b3
+        else:
+            out = torch.baddbmm(self.b3, h, self.w3)
         return torch.tanh(out[0]), out[1]
 
 
@@ -79,32 +83,23 @@ class RealNVP(Method):
         sizes = [(d - self.n_first, self.n_first), (self.n_first, d - self.n_first)]  # (conditioning, transformed)
         self.couplings = nn.ModuleList(_STNets(sizes[i % 2][0], w, sizes[i % 2][1]) for i in range(hparams["n_layers"]))
 
-    def _split(self, y: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditioning, transformed) halves of coupling i: odd couplings condition on the first half."""
-        a, b = y[:, : self.n_first], y[:, self.n_first:]
-        return (a, b) if i % 2 else (b, a)
-
-    def _join(self, cond: torch.Tensor, out: torch.Tensor, i: int) -> torch.Tensor:
-        return torch.cat([cond, out] if i % 2 else [out, cond], 1)
-
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x → z = g⁻¹(x) (in permuted coordinate order) and log|det ∂z/∂x| per example."""
-        y, log_det = x[:, self.perm], 0
-        for i in reversed(range(len(self.couplings))):
-            cond, rest = self._split(y, i)
-            s, t = self.couplings[i](cond)
-            y = self._join(cond, (rest - t) * torch.exp(-s), i)
-            log_det = log_det - s.sum(1)
-        return y, log_det
+        y = x[:, self.perm]
+        halves, scales = [y[:, : self.n_first], y[:, self.n_first:]], []
+        for i in reversed(range(len(self.couplings))):  # odd couplings condition on the first half
+            s, t = self.couplings[i](halves[1 - i % 2])
+            halves[i % 2] = (halves[i % 2] - t) * torch.exp(-s)
+            scales.append(s)
+        return torch.cat(halves, 1), -torch.cat(scales, 1).sum(1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z → x = g(z), the generative direction."""
-        y = z
+        halves = [z[:, : self.n_first], z[:, self.n_first:]]
         for i, nets in enumerate(self.couplings):
-            cond, rest = self._split(y, i)
-            s, t = nets(cond)
-            y = self._join(cond, rest * torch.exp(s) + t, i)
-        return y[:, self.inv_perm]
+            s, t = nets(halves[1 - i % 2])
+            halves[i % 2] = halves[i % 2] * torch.exp(s) + t
+        return torch.cat(halves, 1)[:, self.inv_perm]
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Points: log p(x). Images: log p(y) of the dequantized image y on [0,1] (models/images.py)."""

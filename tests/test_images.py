@@ -1,0 +1,49 @@
+"""The image pieces every image model shares: the logit transform's value and log-Jacobian (models/images.py) and
+the one-output-channel transposed convolution of the conv decoder (models/nets.py)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from models.images import from_logit, to_logit
+from models.nets import ConvDecoder, OneChannelConvTranspose2d
+
+
+@pytest.mark.parametrize("alpha", [0.05, 1e-6])  # RealNVP/VAE/OT-Flow's and FFJORD's
+def test_to_logit_matches_logit_and_autograd_log_det_and_loses_nothing_to_log1p(alpha):
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(8, 784, generator=g, dtype=torch.float64)
+    y[:, :50], y[:, 50:100] = 0.0, 1.0 - 1e-9  # the ends of (0, 1), where log(1 − s) could lose accuracy
+    y64 = y.clone().requires_grad_(True)
+    expected_z = torch.logit(alpha + (1 - 2 * alpha) * y64)
+    (dz_dy,) = torch.autograd.grad(expected_z.sum(), y64)  # elementwise map: the Jacobian is diagonal
+    z, log_det = to_logit(y, alpha)
+    torch.testing.assert_close(z, expected_z.detach(), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(log_det, dz_dy.log().sum(1), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(from_logit(z, alpha), y, rtol=0, atol=1e-9)
+    # float32: log(1 − s) where the textbook form has log1p(−s), equally accurate (s itself is rounded to float32)
+    s32 = alpha + (1 - 2 * alpha) * y.float()
+    z32, log_det32 = to_logit(y.float(), alpha)
+    torch.testing.assert_close(z32, torch.log(s32) - torch.log1p(-s32), rtol=0, atol=5e-7)
+    torch.testing.assert_close(log_det32, (-torch.log(s32) - torch.log1p(-s32)).sum(1) + 784 * math.log(1 - 2 * alpha),
+                               rtol=1e-6, atol=1e-3)
+
+
+def test_one_channel_conv_transpose_is_the_ordinary_layer_and_restores_onednn():
+    torch.manual_seed(0)
+    ours = OneChannelConvTranspose2d(8, 1, 4, 2, 1)  # float32, which the plain layer runs through oneDNN
+    plain = nn.ConvTranspose2d(8, 1, 4, 2, 1)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 8, 14, 14, requires_grad=True)
+    grad_out = torch.randn(5, 1, 28, 28)
+    onednn = torch.backends.mkldnn.enabled
+    got = ours(x)
+    assert torch.backends.mkldnn.enabled == onednn
+    got_grads = torch.autograd.grad(got, [x, *ours.parameters()], grad_out)
+    want = plain(x)
+    want_grads = torch.autograd.grad(want, [x, *plain.parameters()], grad_out)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert list(ConvDecoder(2, 4).state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
