@@ -74,7 +74,7 @@ class Potential(nn.Module):
         sym = self.A.t() @ self.A
         return u1 @ self.w + 0.5 * ((s @ sym) * s).sum(1) + s @ self.b + self.c
 
-    def shared(self) -> "Shared":
+    def shared(self) -> Shared:
         """The parameter-only terms of ∇Φ and the trace, computed once per integration: every RK4 stage reuses
         them, and their backward runs once instead of once per stage."""
         Kx = self.K0.weight[:, : self.d]  # K₀E, m×d
@@ -83,7 +83,7 @@ class Potential(nn.Module):
         return Shared(sym, Kx.t(), Kx.pow(2).sum(1), self.K1.weight.t(), gram, sym.diagonal()[: self.d].sum())
 
     def grad_and_trace(self, s: torch.Tensor, trace: bool = True,
-                       shared: "Shared | None" = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       shared: Shared | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """∇ₛΦ (B×(d+1)) and tr(∇ₓ²Φ) (B), both analytic; `shared` is `self.shared()` (computed if not given)."""
         c = shared or self.shared()
         op = self.K0(s)
