@@ -36,7 +36,7 @@ class ConvEncoder(nn.Sequential):
 class OneChannelConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d to one output channel that runs on CPU with ATen's own kernel (im2col + GEMM) instead of
     oneDNN's, which is 3x slower for this shape: forward + backward 1.9 vs 6.0 ms for 32 → 1 channels at 14×14 → 28×28,
-    batch 64, one thread, and 13 % more VAE and DCGAN training steps/s on MNIST (reports/perf.md). The same
+    batch 64, one thread; 12-13 % more VAE and DCGAN training steps/s on MNIST (timed interleaved). The same
     parameters and function; other devices and compiled graphs take the ordinary path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
