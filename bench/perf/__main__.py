@@ -153,10 +153,9 @@ def paper_run_rows(names: list[str], methods: list[str], device: torch.device, d
 
 
 def machine(device: torch.device) -> str:
-    cpus = len(os.sched_getaffinity(0))
+    cpus, code = len(os.sched_getaffinity(0)), provenance.git_version()
     return (f"{provenance.device_name(device)} ({device}), {cpus} CPU cores available, torch {torch.__version__}, Python "
-            f"{platform.python_version()}, commit {provenance.git_version()['commit'][:10]}"
-            f"{' (uncommitted changes)' if provenance.git_version()['dirty'] else ''}")
+            f"{platform.python_version()}, commit {code['commit'][:10]}{' (uncommitted changes)' if code['dirty'] else ''}")
 
 
 # Each section of perf.md: (row section, heading and text above the table, [(column header, row key)]).
