@@ -120,6 +120,11 @@ class Shared(NamedTuple):
     tr_sym: torch.Tensor
 
 
+def _space_time(z: torch.Tensor, t: float) -> torch.Tensor:
+    """s = [z, t] (B×(d+1)), the potential's input at time t."""
+    return torch.cat([z, z.new_full((len(z), 1), t)], 1)
+
+
 def _rk4_update(y: torch.Tensor, h: float, k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor,
                 k4: torch.Tensor) -> torch.Tensor:
     """y + h/6 (k1 + 2 k2 + 2 k3 + k4), in four additions (`alpha` scales inside the add)."""
@@ -161,8 +166,7 @@ class OTFlow(Method):
     # --- dynamics and integration -------------------------------------------------------------------------------
     def _rhs(self, state: torch.Tensor, t: float, shared: Shared) -> torch.Tensor:
         """∂ₜ[z, ℓ, L, R] for state B×(d+3)."""
-        z = state[:, : self.d]
-        grad, tr = self.phi.grad_and_trace(torch.cat([z, z.new_full((len(z), 1), t)], 1), shared=shared)
+        grad, tr = self.phi.grad_and_trace(_space_time(state[:, : self.d], t), shared=shared)
         gx = grad[:, : self.d]
         kinetic = 0.5 * gx.pow(2).sum(1)
         return torch.cat([-gx, torch.stack([-tr, kinetic, (grad[:, self.d] - kinetic).abs()], 1)], 1)
@@ -181,8 +185,7 @@ class OTFlow(Method):
         return state
 
     def _velocity(self, z: torch.Tensor, t: float, shared: Shared) -> torch.Tensor:
-        s = torch.cat([z, z.new_full((len(z), 1), t)], 1)
-        return -self.phi.grad_and_trace(s, trace=False, shared=shared)[0][:, : self.d]
+        return -self.phi.grad_and_trace(_space_time(z, t), trace=False, shared=shared)[0][:, : self.d]
 
     def generate(self, z: torch.Tensor, nt: int) -> torch.Tensor:
         """x = g(z): RK4 on ∂ₜx = −∇ₓΦ backwards from t = 1 to 0 in nt steps."""
