@@ -39,6 +39,7 @@ import math
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models import register
@@ -47,8 +48,10 @@ from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
 
 
 def _act(u: torch.Tensor) -> torch.Tensor:
-    """σ(u) = log(eᵘ + e⁻ᵘ): `logaddexp` is stable and two operations instead of five."""
-    return torch.logaddexp(u, -u)
+    """σ(u) = log(eᵘ + e⁻ᵘ) = softplus(2u) − u. Its backward is four operations, `logaddexp(u, −u)`'s ten (5 % more
+    training steps/s). softplus is linear above its threshold; at 40 that error, log(1 + e⁻⁴⁰), is below float64
+    rounding, and e⁴⁰ is far from float32 overflow."""
+    return F.softplus(2 * u, threshold=40.0) - u
 
 
 class Potential(nn.Module):
@@ -77,58 +80,87 @@ class Potential(nn.Module):
     def shared(self) -> Shared:
         """The parameter-only terms of ∇Φ and the trace, computed once per integration: every RK4 stage reuses
         them, and their backward runs once instead of once per stage."""
-        Kx = self.K0.weight[:, : self.d]  # K₀E, m×d
-        sym = self.A.t() @ self.A
-        gram = Kx @ Kx.t() if self.d > self.K1.weight.shape[0] else None
-        return Shared(sym, Kx.t(), Kx.pow(2).sum(1), self.K1.weight.t(), gram, sym.diagonal()[: self.d].sum())
+        d, m = self.d, self.K1.weight.shape[0]
+        K0, sym = self.K0.weight, self.A.t() @ self.A
+        Kx = K0[:, :d]  # K₀E, m×d
+        # s = [x, t] enters K₀s + b₀ and the quadratic term's gradient (AᵀA)s + b only linearly: one product of x
+        # with [(K₀E)ᵀ | (AᵀA)_x] gives both, and the t row goes into the per-time bias (`time_terms`)
+        proj = torch.cat([K0.t(), sym], 1)  # (d+1)×(m+d+1)
+        small = d <= m
+        return Shared(
+            x_proj=proj[:d], t_proj=proj[d:], bias=torch.cat([self.K0.bias, self.b]), k1_t=self.K1.weight.t(),
+            kx_sq=Kx.pow(2).sum(1),
+            # d ≤ m: column block i of kx_k1 is diag(K₀eᵢ)K₁ᵀ (tanh0 @ kx_k1 holds the d columns of J, below), and
+            # block_sum (d·m × m, d stacked identities) adds their squares over i
+            kx_k1=(Kx[:, :, None] * self.K1.weight.t()[:, None, :]).flatten(1) if small else None,
+            block_sum=torch.eye(m, dtype=K0.dtype, device=K0.device).repeat(d, 1) if small else None,
+            gram=None if small else Kx @ Kx.t(),
+            tr_sym=sym.diagonal()[:d].sum())
 
-    def grad_and_trace(self, s: torch.Tensor, trace: bool = True,
-                       shared: Shared | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """∇ₛΦ (B×(d+1)) and tr(∇ₓ²Φ) (B), both analytic; `shared` is `self.shared()` (computed if not given)."""
-        c = shared or self.shared()
-        op = self.K0(s)
+    def time_terms(self, t: torch.Tensor, shared: Shared) -> torch.Tensor:
+        """[b₀ + t·K₀e_t, b + t·(AᵀA)e_t] (T×(m+d+1)) for times t (T×1): the biases of `shared().x_proj` at time t.
+        An integration computes them for all its stage times at once, so a stage needs no [x, t] concatenation."""
+        return torch.addmm(shared.bias, t, shared.t_proj)
+
+    def grad_and_trace(self, s: torch.Tensor, trace: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """∇ₛΦ (B×(d+1)) and tr(∇ₓ²Φ) (B) at s = [x, t], both analytic."""
+        c = self.shared()
+        grad, tr = self.grad_and_trace_at(s[:, : self.d], self.time_terms(s[:, self.d:], c), c, trace)
+        return grad, None if tr is None else tr + c.tr_sym
+
+    def grad_and_trace_at(self, x: torch.Tensor, bias: torch.Tensor, c: Shared,
+                          trace: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`grad_and_trace` from x (B×d), the `time_terms` of t and `shared()`, except that the trace is less its
+        constant part tr(EᵀAᵀAE) (`c.tr_sym`): an integration adds that once, not at every stage."""
+        op, quad = torch.addmm(bias, x, c.x_proj).split([len(c.kx_sq), self.d + 1], 1)  # K₀s + b₀, (AᵀA)s + b
         tanh0 = torch.tanh(op)
-        tanh1 = torch.tanh(self.K1(_act(op)))
+        tanh1 = torch.tanh(torch.addmm(self.K1.bias, _act(op), c.k1_t))
         tanh1_w = tanh1 * self.w
         z1 = torch.addmm(self.w, tanh1_w, self.K1.weight, alpha=self.h)  # ∂(wᵀN)/∂u₀
         tanh0_z1 = tanh0 * z1
-        grad = torch.addmm(torch.addmm(self.b, s, c.sym), tanh0_z1, self.K0.weight)
+        grad = torch.addmm(quad, tanh0_z1, self.K0.weight)
         if not trace:
             return grad, None
         t0 = (z1 - tanh0 * tanh0_z1) @ c.kx_sq  # σ'' = 1 − tanh², so σ''(K₀s+b₀) ⊙ z₁ = z₁ − tanh0 ⊙ (tanh0 ⊙ z₁)
-        # Row norms² of J = K₁ diag(σ'(K₀s+b₀)) K₀E (m×d per example). Small d: its d columns K₁(σ' ⊙ K₀eᵢ),
-        # B·m²·d work. Large d: with P = K₁ diag(σ') and the Gram matrix G = (K₀E)(K₀E)ᵀ, ‖Jⱼ‖² = (P G Pᵀ)ⱼⱼ,
-        # B·m³ work independent of d.
+        # Row norms² of J = K₁ diag(σ'(K₀s+b₀)) K₀E (m×d per example). Small d: its d columns K₁(σ' ⊙ K₀eᵢ) in one
+        # product with `kx_k1`, B·m²·d work. Large d: with P = K₁ diag(σ') and the Gram matrix G = (K₀E)(K₀E)ᵀ,
+        # ‖Jⱼ‖² = (P G Pᵀ)ⱼⱼ, B·m³ work independent of d.
         if c.gram is None:
-            sq = ((tanh0[:, None, :] * c.kx_t) @ c.k1_t).pow(2).sum(1)
+            sq = (tanh0 @ c.kx_k1).pow(2) @ c.block_sum
         else:
             P = tanh0[:, None, :] * self.K1.weight
             sq = ((P @ c.gram) * P).sum(2)
         t1 = ((self.w - tanh1 * tanh1_w) * sq).sum(1)  # σ''(K₁u₀+b₁) ⊙ w = w − tanh1 ⊙ (tanh1 ⊙ w)
-        return grad, torch.add(t0, t1, alpha=self.h) + c.tr_sym
+        return grad, torch.add(t0, t1, alpha=self.h)
 
 
 class Shared(NamedTuple):
-    """`Potential.shared()`: AᵀA, (K₀E)ᵀ, the squared row norms of K₀E, K₁ᵀ, the Gram matrix (K₀E)(K₀E)ᵀ (only
-    for d > m) and tr(EᵀAᵀAE)."""
+    """`Potential.shared()`. x_proj, t_proj: the x rows and the t row of [K₀ᵀ | AᵀA]; bias: [b₀, b]; K₁ᵀ; the squared
+    row norms of K₀E; for d ≤ m, [diag(K₀eᵢ)K₁ᵀ]ᵢ and the stacked identities that sum its blocks; for d > m, the
+    Gram matrix (K₀E)(K₀E)ᵀ; tr(EᵀAᵀAE)."""
 
-    sym: torch.Tensor
-    kx_t: torch.Tensor
-    kx_sq: torch.Tensor
+    x_proj: torch.Tensor
+    t_proj: torch.Tensor
+    bias: torch.Tensor
     k1_t: torch.Tensor
+    kx_sq: torch.Tensor
+    kx_k1: torch.Tensor | None
+    block_sum: torch.Tensor | None
     gram: torch.Tensor | None
     tr_sym: torch.Tensor
-
-
-def _space_time(z: torch.Tensor, t: float) -> torch.Tensor:
-    """s = [z, t] (B×(d+1)), the potential's input at time t."""
-    return torch.cat([z, z.new_full((len(z), 1), t)], 1)
 
 
 def _rk4_update(y: torch.Tensor, h: float, k1: torch.Tensor, k2: torch.Tensor, k3: torch.Tensor,
                 k4: torch.Tensor) -> torch.Tensor:
     """y + h/6 (k1 + 2 k2 + 2 k3 + k4), in four additions (`alpha` scales inside the add)."""
     return torch.add(y, torch.add(torch.add(k1, k2 + k3, alpha=2.0), k4), alpha=h / 6)
+
+
+def _rate_weights(nt: int, like: torch.Tensor) -> torch.Tensor:
+    """W (12·nt × 3) with [ℓ, L, R](1) = [tr₁, ‖∇ₓΦ‖²₁, r₁, tr₂, ...] @ W over the 4·nt RK4 stages: RK4's weights
+    h/6·(1, 2, 2, 1) per step times the signs and scales of ∂ₜℓ = −tr, ∂ₜL = ½‖∇ₓΦ‖², ∂ₜR = r."""
+    steps = torch.tensor([1.0, 2.0, 2.0, 1.0], dtype=torch.float64).repeat(nt) / (6 * nt)
+    return torch.kron(steps[:, None], torch.diag(torch.tensor([-1.0, 0.5, 1.0], dtype=torch.float64))).to(like)
 
 
 @register("otflow")
@@ -164,40 +196,42 @@ class OTFlow(Method):
         self.phi = Potential(self.d, hparams["width"], hparams["rank"])
 
     # --- dynamics and integration -------------------------------------------------------------------------------
-    def _rhs(self, state: torch.Tensor, t: float, shared: Shared) -> torch.Tensor:
-        """∂ₜ[z, ℓ, L, R] for state B×(d+3)."""
-        grad, tr = self.phi.grad_and_trace(_space_time(state[:, : self.d], t), shared=shared)
-        gx = grad[:, : self.d]
-        kinetic = 0.5 * gx.pow(2).sum(1)
-        return torch.cat([-gx, torch.stack([-tr, kinetic, (grad[:, self.d] - kinetic).abs()], 1)], 1)
+    def _rk4(self, x: torch.Tensor, nt: int, forward: bool, c: Shared,
+             rates: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """RK4 on ∂ₜx = −∇ₓΦ(x, t) in nt steps, t from 0 to 1 (`forward`) or from 1 to 0. With `rates`, appends
+        each stage's tr(∇ₓ²Φ) − tr(EᵀAᵀAE), ‖∇ₓΦ‖² and r = |∂ₜΦ − ½‖∇ₓΦ‖²| to it, in stage order."""
+        dt = 1.0 / nt if forward else -1.0 / nt
+        half_steps = torch.arange(2 * nt + 1, dtype=x.dtype, device=x.device)[:, None]
+        biases = self.phi.time_terms(half_steps * (0.5 * dt) + (0.0 if forward else 1.0), c).unbind(0)
+
+        def grad_x(x: torch.Tensor, j: int) -> torch.Tensor:  # ∇ₓΦ at half-step j
+            grad, tr = self.phi.grad_and_trace_at(x, biases[j], c, trace=rates is not None)
+            gx, gt = grad.split([self.d, 1], 1)
+            if rates is not None:
+                sq = gx.pow(2).sum(1)
+                rates.extend((tr, sq, torch.add(gt.squeeze(1), sq, alpha=-0.5).abs()))
+            return gx
+
+        for k in range(nt):  # the stages' k = −∇ₓΦ, so x + a·k is torch.add(x, ∇ₓΦ, alpha=−a)
+            g1 = grad_x(x, 2 * k)
+            g2 = grad_x(torch.add(x, g1, alpha=-0.5 * dt), 2 * k + 1)
+            g3 = grad_x(torch.add(x, g2, alpha=-0.5 * dt), 2 * k + 1)
+            g4 = grad_x(torch.add(x, g3, alpha=-dt), 2 * k + 2)
+            x = _rk4_update(x, -dt, g1, g2, g3, g4)
+        return x
 
     def integrate(self, x: torch.Tensor, nt: int) -> torch.Tensor:
-        """RK4 from t = 0 to 1 in nt steps: the final state [z, ℓ, L, R] (B×(d+3))."""
-        state = torch.cat([x, x.new_zeros(len(x), 3)], 1)
-        h, shared = 1.0 / nt, self.phi.shared()
-        for k in range(nt):
-            t = k * h
-            k1 = self._rhs(state, t, shared)
-            k2 = self._rhs(torch.add(state, k1, alpha=0.5 * h), t + 0.5 * h, shared)
-            k3 = self._rhs(torch.add(state, k2, alpha=0.5 * h), t + 0.5 * h, shared)
-            k4 = self._rhs(torch.add(state, k3, alpha=h), t + h, shared)
-            state = _rk4_update(state, h, k1, k2, k3, k4)
-        return state
-
-    def _velocity(self, z: torch.Tensor, t: float, shared: Shared) -> torch.Tensor:
-        return -self.phi.grad_and_trace(_space_time(z, t), trace=False, shared=shared)[0][:, : self.d]
+        """RK4 from t = 0 to 1 in nt steps: the final state [z, ℓ, L, R] (B×(d+3)). ℓ, L and R do not feed back into
+        the dynamics, so they are one weighted sum of the stage rates at the end."""
+        rates: list[torch.Tensor] = []
+        c = self.phi.shared()
+        z = self._rk4(x, nt, True, c, rates)
+        constant = F.pad(-c.tr_sym[None], (0, 2))  # ℓ's constant rate −tr(EᵀAᵀAE), integrated over [0, 1]
+        return torch.cat([z, torch.addmm(constant, torch.stack(rates, 1), _rate_weights(nt, x))], 1)
 
     def generate(self, z: torch.Tensor, nt: int) -> torch.Tensor:
         """x = g(z): RK4 on ∂ₜx = −∇ₓΦ backwards from t = 1 to 0 in nt steps."""
-        x, h, shared = z, 1.0 / nt, self.phi.shared()
-        for k in range(nt, 0, -1):
-            t = k * h
-            k1 = self._velocity(x, t, shared)
-            k2 = self._velocity(torch.add(x, k1, alpha=-0.5 * h), t - 0.5 * h, shared)
-            k3 = self._velocity(torch.add(x, k2, alpha=-0.5 * h), t - 0.5 * h, shared)
-            k4 = self._velocity(torch.add(x, k3, alpha=-h), t - h, shared)
-            x = _rk4_update(x, -h, k1, k2, k3, k4)
-        return x
+        return self._rk4(z, nt, False, self.phi.shared())
 
     # --- Method interface ---------------------------------------------------------------------------------------
     def _log_prob_from_state(self, state: torch.Tensor) -> torch.Tensor:

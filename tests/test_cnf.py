@@ -12,7 +12,7 @@ from bench.errors import UserError
 from bench.train import LOG, RunSpec, train
 from conftest import needs_mnist
 from models.ffjord import divergence
-from models.otflow import Potential
+from models.otflow import Potential, _act
 
 
 def _log_normal(x):
@@ -77,6 +77,17 @@ def test_otflow_analytic_gradient_and_hessian_trace_match_autograd(d, m):
                             for si in s.detach()])
     torch.testing.assert_close(trace, expected, rtol=1e-12, atol=1e-12)
     assert expected.std() > 0.1  # non-trivial curvature, varying with s
+
+
+def test_otflow_activation_is_log_cosh_with_tanh_derivative():
+    """σ(u) = softplus(2u) − u against log(eᵘ + e⁻ᵘ) = logaddexp(u, −u) and σ' = tanh, past softplus's threshold."""
+    u = torch.cat([torch.linspace(-60, 60, 2001, dtype=torch.float64), torch.tensor([0.0, 1e-8, -1e-8], dtype=torch.float64)])
+    u.requires_grad_(True)
+    sigma = _act(u)
+    torch.testing.assert_close(sigma, torch.logaddexp(u, -u), rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(torch.autograd.grad(sigma.sum(), u)[0], torch.tanh(u), rtol=0, atol=1e-15)
+    u32 = u.detach().float()
+    torch.testing.assert_close(_act(u32), torch.logaddexp(u32, -u32), rtol=2e-7, atol=2e-7)
 
 
 # --- log-det against the autograd Jacobian of the solver -----------------------------------------------------------
