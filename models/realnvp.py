@@ -42,14 +42,15 @@ class _STNets(nn.Module):
             setattr(self, f"b{i}", nn.Parameter(torch.empty(2, 1, b).uniform_(-bound, bound)))
 
     def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # LeakyReLU in place: a product's backward does not need its output, and rewriting it while it is in cache
+        # beats filling a fresh buffer (10 % more training steps/s on moons)
         h = F.leaky_relu_(torch.baddbmm(self.b1, c.expand(2, -1, -1), self.w1))
         h = F.leaky_relu_(torch.baddbmm(self.b2, h, self.w2))
-        if self.w3.shape[2] == 1:  # one output (2-D data): MKL's batched matrix-vector product (and the two of its
-            # backward) take ~65 µs each here, a multiply-and-sum ~10 µs: 5 % more training steps/s on moons
-            out = (h * self.w3.transpose(1, 2)).sum(2, keepdim=True) + self.b3
-        else:
-            out = torch.baddbmm(self.b3, h, self.w3)
-        return torch.tanh(out[0]), out[1]
+        # The last layer as two products: with one output (2-D data) MKL's batched matrix-vector product (and the
+        # two of its backward) takes ~65 µs here, a plain one ~10 µs (3 % more training steps/s on moons, the same
+        # on MNIST), and s and t come out as separate tensors.
+        (h_s, h_t), (w_s, w_t), (b_s, b_t) = h.unbind(0), self.w3.unbind(0), self.b3.unbind(0)
+        return torch.tanh(torch.addmm(b_s, h_s, w_s)), torch.addmm(b_t, h_t, w_t)
 
 
 @register("realnvp")

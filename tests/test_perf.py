@@ -69,3 +69,10 @@ def test_paper_runs_of_a_vae_initialized_gan_train_the_vae_first():
 
     rows = paper_run_rows(["mnist"], ["dcgan-vaeinit"], torch.device("cpu"), None, {"steps": 2, "batch_size": 8})
     assert [(r["name"], r["value"]) for r in rows] == [("vae", "ok"), ("dcgan-vaeinit", "ok")]
+
+
+def test_ratio_is_the_median_of_per_window_ratios():
+    from bench.perf.training import paired_ratio
+
+    windows = {"suite": [2.0, 6.0, 4.0], "reference": [1.0, 2.0, 8.0]}  # per-window ratios 2, 3, 0.5
+    assert paired_ratio(windows, "suite", "reference") == 2.0

@@ -6,8 +6,9 @@
 Writes `perf.md` and `perf.csv` into --out (default reports/) and prints the tables as it goes.
 - Training: steps/s and samples/s of every method at its default size on moons and MNIST (the suite's own
   step: in-memory minibatch + `train_step`, as `bench.train` runs it), and of the course recipe
-  (bench/perf/reference.py) where one exists, with the ratio. Contenders are timed in interleaved windows, median
-  of three, for each torch thread count in --threads (1 is what a pipeline job gets; 2 is torch's default here).
+  (bench/perf/reference.py) where one exists, with the ratio. Contenders take turns in five windows (steps/s:
+  the median over windows; ratio: the median of per-window ratios), for each torch thread count in --threads
+  (1 is what a pipeline job gets; 2 is torch's default here).
 - Metrics: each metric at its default N on seeded synthetic data (bench/perf/metrics.py) and FID of 10,000
   MNIST images with the suite's classifier features.
 - Pipeline (--pipeline, ~20 min on 2 CPU cores): the default config end to end in a fresh folder (temporary,
@@ -23,6 +24,7 @@ import io
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +40,7 @@ from bench import datasets, provenance
 from bench.errors import UserError
 from bench.io import write_text
 from bench.perf import metrics as perf_metrics
-from bench.perf.training import compare, reference_step, suite_step
+from bench.perf.training import compare, paired_ratio, reference_step, suite_step
 from bench.seeding import resolve_device
 from bench.train import RunSpec, train
 
@@ -71,15 +73,16 @@ def training_rows(names: list[str], methods: list[str], threads: list[int], seco
                     t0 = time.perf_counter()
                     steps["compiled"]()
                     row["compile_s"] = round(time.perf_counter() - t0, 1)
-                rates = compare(steps, seconds * len(steps), device)
+                windows = compare(steps, seconds * len(steps), device)
+                rates = {k: statistics.median(r) for k, r in windows.items()}
                 row.update(suite_steps_per_s=round(rates["suite"], 2), suite_samples_per_s=round(rates["suite"] * batch))
                 if ref:
                     row.update(reference_steps_per_s=round(rates["reference"], 2),
-                               ratio=round(rates["suite"] / rates["reference"], 2))
+                               ratio=round(paired_ratio(windows, "suite", "reference"), 2))
                 if cls.compiled:
                     row["compiled_steps_per_s"] = round(rates["compiled"], 2)
                     if ref:
-                        row["compiled_ratio"] = round(rates["compiled"] / rates["reference"], 2)
+                        row["compiled_ratio"] = round(paired_ratio(windows, "compiled", "reference"), 2)
                 rows.append(row)
                 print(f"training {name}/{method} threads={n_threads}: "
                       + ", ".join(f"{k} {row[k]}" for k in TRAINING if k in row), flush=True)
@@ -162,8 +165,8 @@ def machine(device: torch.device) -> str:
 SECTIONS = [
     ("training", ("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
       "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py: per-step "
-      "`make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). Median of three interleaved "
-      "windows.\n\n`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
+      "`make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). Contenders take turns in "
+      "five windows: steps/s are medians over the windows, a ratio is the median of the per-window ratios.\n\n`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
       "and the GANs have none), timed alike after its first step, which compiles (`compile s`; inductor's cache "
       "starts empty in each harness run)."),
      [("dataset", "dataset"), ("method", "name"), ("threads", "threads"), ("batch", "batch"),

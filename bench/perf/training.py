@@ -61,11 +61,17 @@ def steps_per_second(step: Step, seconds: float, device: torch.device) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def compare(steps: dict[str, Step], seconds: float, device: torch.device, windows: int = 3) -> dict[str, float]:
-    """Median steps/s of each step function over `windows` interleaved windows (so drift in machine load hits
-    every contender alike)."""
+def compare(steps: dict[str, Step], seconds: float, device: torch.device, windows: int = 5) -> dict[str, list[float]]:
+    """Steps/s of each step function in each of `windows` interleaved windows (so drift in machine load hits every
+    contender alike)."""
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(windows):
         for name, step in steps.items():
             rates[name].append(steps_per_second(step, seconds / windows, device))
-    return {name: statistics.median(r) for name, r in rates.items()}
+    return rates
+
+
+def paired_ratio(rates: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over the windows of `name`'s steps/s over `base`'s in the same window: contenders timed seconds apart
+    see the same machine, so the ratio is steadier than a ratio of medians when the machine's speed drifts."""
+    return statistics.median(a / b for a, b in zip(rates[name], rates[base]))
