@@ -166,7 +166,8 @@ SECTIONS = [
     ("training", ("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
       "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py: per-step "
       "`make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). Contenders take turns in "
-      "five windows: steps/s are medians over the windows, a ratio is the median of the per-window ratios.\n\n`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
+      "five windows: steps/s are medians over the windows, a ratio is the median of the per-window ratios.\n\n"
+      "`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
       "and the GANs have none), timed alike after its first step, which compiles (`compile s`; inductor's cache "
       "starts empty in each harness run)."),
      [("dataset", "dataset"), ("method", "name"), ("threads", "threads"), ("batch", "batch"),
