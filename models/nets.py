@@ -7,7 +7,7 @@ decoder's outputs as logit-space means or Bernoulli logits, the GAN generator ap
 [0,1], the DCGAN discriminator's output is a logit for BCE-with-logits and the WGAN critic's a raw score.
 No batch norm anywhere: the WGAN-GP penalty needs per-example critic gradients, and the generator must hold
 exactly the VAE decoder's parameters. Activations run in place: a convolution's or linear layer's backward does
-not need its output, and rewriting it saves a fresh buffer (~3 % more VAE training steps/s on MNIST).
+not need its output, and rewriting it saves a fresh buffer (2-3 % more VAE training steps/s on MNIST).
 """
 from __future__ import annotations
 

@@ -46,9 +46,9 @@ class _STNets(nn.Module):
         # beats filling a fresh buffer (10 % more training steps/s on moons)
         h = F.leaky_relu_(torch.baddbmm(self.b1, c.expand(2, -1, -1), self.w1))
         h = F.leaky_relu_(torch.baddbmm(self.b2, h, self.w2))
-        # The last layer as two products: with one output (2-D data) MKL's batched matrix-vector product (and the
-        # two of its backward) takes ~65 µs here, a plain one ~10 µs (3 % more training steps/s on moons, the same
-        # on MNIST), and s and t come out as separate tensors.
+        # The last layer as two plain products: with one output (2-D data) MKL's batched matrix-vector product, and
+        # each of the two in its backward, takes ~65 µs here, a plain one ~10 µs (3 % more training steps/s on moons,
+        # the same on MNIST); s and t come out as separate tensors.
         (h_s, h_t), (w_s, w_t), (b_s, b_t) = h.unbind(0), self.w3.unbind(0), self.b3.unbind(0)
         return torch.tanh(torch.addmm(b_s, h_s, w_s)), torch.addmm(b_t, h_t, w_t)
 
