@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from bench.allocator import keep_freed_memory
 from bench.errors import UserError
 
 
@@ -226,6 +227,7 @@ def _fail(message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except UserError as exc:

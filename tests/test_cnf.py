@@ -12,6 +12,7 @@ from bench.errors import UserError
 from bench.train import LOG, RunSpec, train
 from conftest import needs_mnist
 from models.ffjord import divergence
+from models import otflow
 from models.otflow import Potential, _act
 
 
@@ -65,8 +66,11 @@ def test_ffjord_zero_last_layer_is_the_identity():
 
 
 # --- OT-Flow's analytic gradient and Hessian trace -----------------------------------------------------------------
-@pytest.mark.parametrize("d, m", [(2, 16), (5, 16), (40, 8)])  # d > m: the Gram-matrix form of the trace
-def test_otflow_analytic_gradient_and_hessian_trace_match_autograd(d, m):
+@pytest.mark.parametrize("d, m, chunk", [(2, 16, otflow.TRACE_CHUNK), (5, 16, otflow.TRACE_CHUNK),
+                                         (40, 8, otflow.TRACE_CHUNK),  # d > m: the Gram-matrix form of the trace
+                                         (2, 16, 5 * 2 * 16), (40, 8, 5 * 8 * 8)])  # in chunks of 5 rows
+def test_otflow_analytic_gradient_and_hessian_trace_match_autograd(d, m, chunk, monkeypatch):
+    monkeypatch.setattr(otflow, "TRACE_CHUNK", chunk)
     torch.manual_seed(d)
     phi = Potential(d, m, rank=3).double()  # rank < d+1 for d ≥ 5: the low-rank quadratic term
     _scale_params(phi, 1.5, d)

@@ -37,6 +37,7 @@ import torch
 
 import models
 from bench import datasets, provenance
+from bench.allocator import keep_freed_memory
 from bench.errors import UserError
 from bench.io import write_text
 from bench.perf import metrics as perf_metrics
@@ -215,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--out", type=Path, default=REPO / "reports")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as every pipeline step does (bench.cli)
     device = resolve_device(args.device)
     ran_on = machine(device)  # before any output is written: the code version (and its dirty flag) that runs
     threads = [int(t) for t in args.threads.split(",")]
