@@ -41,13 +41,13 @@ from bench.allocator import keep_freed_memory
 from bench.errors import UserError
 from bench.io import write_text
 from bench.perf import metrics as perf_metrics
-from bench.perf.training import compare, paired_ratio, reference_step, suite_step
+from bench.perf.training import compare, paired_ratio, reference_step, suite_step, window_ratios
 from bench.seeding import resolve_device
 from bench.train import RunSpec, train
 
 REPO = provenance.REPO
-TRAINING = ["suite_steps_per_s", "suite_samples_per_s", "reference_steps_per_s", "ratio", "compiled_steps_per_s",
-            "compiled_ratio", "compile_s"]
+TRAINING = ["suite_steps_per_s", "suite_samples_per_s", "reference_steps_per_s", "ratio", "ratio_windows",
+            "compiled_steps_per_s", "compiled_ratio", "compile_s"]
 FIELDS = ["section", "name", "dataset", "threads", "n", "batch", *TRAINING, "seconds", "converged", "value", "device"]
 
 
@@ -78,8 +78,10 @@ def training_rows(names: list[str], methods: list[str], threads: list[int], seco
                 rates = {k: statistics.median(r) for k, r in windows.items()}
                 row.update(suite_steps_per_s=round(rates["suite"], 2), suite_samples_per_s=round(rates["suite"] * batch))
                 if ref:
+                    per_window = window_ratios(windows, "suite", "reference")
                     row.update(reference_steps_per_s=round(rates["reference"], 2),
-                               ratio=round(paired_ratio(windows, "suite", "reference"), 2))
+                               ratio=round(paired_ratio(windows, "suite", "reference"), 2),
+                               ratio_windows=" ".join(f"{r:.2f}" for r in per_window))
                 if cls.compiled:
                     row["compiled_steps_per_s"] = round(rates["compiled"], 2)
                     if ref:
@@ -167,13 +169,14 @@ SECTIONS = [
     ("training", ("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
       "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py: per-step "
       "`make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). Contenders take turns in "
-      "five windows: steps/s are medians over the windows, a ratio is the median of the per-window ratios.\n\n"
+      "five windows: steps/s are medians over the windows, a ratio is the median of the per-window ratios (listed "
+      "for the suite; when the machine's speed drifts between windows it differs from the ratio of the medians).\n\n"
       "`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
       "and the GANs have none), timed alike after its first step, which compiles (`compile s`; inductor's cache "
       "starts empty in each harness run)."),
      [("dataset", "dataset"), ("method", "name"), ("threads", "threads"), ("batch", "batch"),
-      *zip(["suite steps/s", "suite samples/s", "reference steps/s", "ratio", "compiled steps/s", "compiled ratio",
-            "compile s"], TRAINING, strict=True)]),
+      *zip(["suite steps/s", "suite samples/s", "reference steps/s", "ratio", "ratio per window", "compiled steps/s",
+            "compiled ratio", "compile s"], TRAINING, strict=True)]),
     ("metrics", ("## Metrics at their default N\n\nSeeded synthetic data (bench/perf/metrics.py); exact W is POT's "
       "single-threaded network simplex with `numItermax` 1e7 and a convergence check."),
      [("metric", "name"), ("N", "n"), ("d", "dataset"), ("seconds", "seconds"), ("converged", "converged"),

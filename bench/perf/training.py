@@ -71,7 +71,12 @@ def compare(steps: dict[str, Step], seconds: float, device: torch.device, window
     return rates
 
 
+def window_ratios(rates: dict[str, list[float]], name: str, base: str) -> list[float]:
+    """`name`'s steps/s over `base`'s in each window of `compare`."""
+    return [a / b for a, b in zip(rates[name], rates[base], strict=True)]
+
+
 def paired_ratio(rates: dict[str, list[float]], name: str, base: str) -> float:
     """Median over the windows of `name`'s steps/s over `base`'s in the same window: contenders timed seconds apart
     see the same machine, so the ratio is steadier than a ratio of medians when the machine's speed drifts."""
-    return statistics.median(a / b for a, b in zip(rates[name], rates[base], strict=True))
+    return statistics.median(window_ratios(rates, name, base))
