@@ -135,7 +135,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
 def test_keeping_freed_memory_spares_otflow_the_page_faults_of_each_step():
     """bench.allocator: with glibc's default thresholds OT-Flow's training step gets its large buffers as fresh pages
-    from the kernel every time (~1,200 page faults per step here); with `keep_freed_memory` it reuses them (a step
+    from the kernel every time (1,200–1,750 page faults per step here); with `keep_freed_memory` it reuses them (a step
     that grows the heap still faults now and then)."""
     def faults(mode: str) -> float:
         out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP, mode], capture_output=True, text=True, check=True,
