@@ -21,7 +21,7 @@ TRIM_THRESHOLD = 128 << 20
 
 def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for this process (a no-op on other C libraries). Returns whether it did."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL("libc.so.6")
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
