@@ -4,7 +4,9 @@ Deterministic on CPU (seeded RNGs, deterministic kernels, data order derived fro
 (`resume.pt` holds model, optimizers, RNG states, step and log, written atomically every `checkpoint_every`
 steps and on SIGTERM/SIGINT), and failure-aware: a non-finite loss or parameter ends the run with a "diverged"
 status record, an exception inside a training step with a "failed" one (traceback printed to the job log), so
-the rest of the grid, the aggregation and the report still complete and show it. With the opt-in loop setting
+the rest of the grid, the aggregation and the report still complete and show it. A step's losses stay on the
+device until the next log or checkpoint step, which fetches them all in one transfer and names the first
+non-finite one, so the host never waits for the device in between. With the opt-in loop setting
 `retry_diverged`, a diverged run is trained once more from scratch with the seed `retry_seed(seed)`.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bench import datasets, provenance
 from bench.errors import UserError
 from bench.io import as_json, as_text, as_torch, save_torch, write_files
 from bench.seeding import determinism, resolve_device, rng_state, seed_everything, set_rng_state
+from models.base import Losses
 
 CHECKPOINT, RESUME, LOG, PROVENANCE = "checkpoint.pt", "resume.pt", "train_log.csv", "provenance.json"
 LOOP_DEFAULTS = {"log_every": 100, "val_every": 1000, "checkpoint_every": 1000, "val_size": 5000}
@@ -91,12 +94,14 @@ class RunSpec:
 
 class EpochSampler:
     """Minibatch indices as a pure function of (seed, step): epoch e uses a permutation seeded by (seed, e),
-    so a resumed run sees exactly the batches an uninterrupted one would."""
+    so a resumed run sees exactly the batches an uninterrupted one would. The permutation is drawn on the CPU (the
+    same batches on every device) and moved to `device` once per epoch, so a step indexes the training set where it
+    lives, with no copy from the host."""
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str = "cpu") -> None:
         if batch_size > n:
             raise UserError(f"batch_size {batch_size} is larger than the training set ({n} examples)")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, torch.device(device)
         self.steps_per_epoch = n // batch_size
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
@@ -104,7 +109,7 @@ class EpochSampler:
         epoch, pos = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen).to(self.device)
         return self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
     def batch(self, ds: datasets.Dataset, train_x: torch.Tensor, step: int) -> torch.Tensor:
@@ -142,6 +147,14 @@ def validation_loss(model: Any, x: torch.Tensor, chunk: int = 1024) -> float | N
             return None
         total, n = total + value * len(part), n + len(part)
     return total / n
+
+
+def _fetch(pending: list[Losses]) -> list[dict[str, float]]:
+    """The steps' losses as numbers, the tensors among them copied from the device in one transfer."""
+    tensors = [v for losses in pending for v in losses.values() if isinstance(v, torch.Tensor)]
+    fetched = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [{k: next(fetched) if isinstance(v, torch.Tensor) else float(v) for k, v in losses.items()}
+            for losses in pending]
 
 
 def _log_csv(rows: list[dict[str, Any]]) -> str:
@@ -209,7 +222,7 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
         model.compile_training()
     optimizers = model.configure_optimizers()
     train_x, val_x = ds.train.to(device), ds.val[: loop["val_size"]].to(device)
-    sampler = EpochSampler(len(train_x), hp["batch_size"], seed)
+    sampler = EpochSampler(len(train_x), hp["batch_size"], seed, device)
 
     start, rows, elapsed = 0, [], 0.0
     if resume:
@@ -229,6 +242,23 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
 
     status: dict[str, Any] = {"status": "ok"}
     last: dict[str, float] = {}
+    pending: list[Losses] = []  # the losses of the steps since the last check, as the steps returned them
+    pending_from = start  # the step of pending[0]
+
+    def check() -> dict[str, Any] | None:
+        """Fetch the pending losses (one wait for the device) and return the divergence record of the first
+        non-finite one, if any; `last` becomes the latest finite losses."""
+        nonlocal last, pending_from
+        for i, losses in enumerate(_fetch(pending), pending_from):
+            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+            if bad:
+                return {"status": "diverged", "step": i, "reason": f"non-finite loss {bad} at step {i}",
+                        "last_finite_losses": last}
+            last = losses
+        pending_from += len(pending)
+        pending.clear()
+        return None
+
     t0 = time.perf_counter()
     resume_path = out_dir / RESUME
     if retry and not resume:  # from now on a re-run resumes the retry, never the diverged attempt
@@ -241,38 +271,42 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
         model.train()
         for step in range(start, hp["steps"]):
             losses = model.train_step(sampler.batch(ds, train_x, step), optimizers, step)
-            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-            if bad:
-                status = {"status": "diverged", "step": step, "reason": f"non-finite loss {bad} at step {step}",
-                          "last_finite_losses": last}
-                break
-            last = losses
+            pending.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in losses.items()})
             done = step + 1
-            if done % loop["log_every"] == 0 or done == hp["steps"]:
-                row = {"step": done, "wall_s": round(elapsed + time.perf_counter() - t0, 3), **losses}
+            logging = done % loop["log_every"] == 0 or done == hp["steps"]
+            saving = done % loop["checkpoint_every"] == 0 and done < hp["steps"]
+            if (logging or saving) and (diverged := check()):
+                status = diverged
+                break
+            if logging:
+                row = {"step": done, "wall_s": round(elapsed + time.perf_counter() - t0, 3), **last}
                 if done % loop["val_every"] == 0 or done == hp["steps"]:
                     model.eval()
                     row["val_loss"] = validation_loss(model, val_x)
                     model.train()
-                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
                     status = {"status": "diverged", "step": done, "reason": f"non-finite parameters at step {done}",
                               "last_finite_losses": last}
                     break
                 rows.append(row)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
-            if done % loop["checkpoint_every"] == 0 and done < hp["steps"]:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+            if saving:
                 write_files({resume_path: as_torch(state(done, {"status": "running"})),
                              out_dir / LOG: as_text(_log_csv(rows))})
             bar.update(1)
     except _Interrupted as exc:
-        save_torch(resume_path, state(step, {"status": "running"}))
-        raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {step}), re-run to resume")
+        diverged = check()  # a divergence among the unchecked steps ends the run as one, with nothing to resume
+        if diverged is None:
+            save_torch(resume_path, state(step, {"status": "running"}))
+            raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {step}), "
+                             "re-run to resume")
+        status = diverged
     except (UserError, MemoryError, torch.OutOfMemoryError, OSError):
         raise  # bad input is the user's to fix; out of memory or a failed write (full disk) fails the job
     except Exception as exc:  # a crashed run is a recorded failure, so the rest of the grid and the report go on
         traceback.print_exc()
-        status = {"status": "failed", "step": step, "reason": f"{type(exc).__name__} at step {step}: {exc}",
-                  "last_finite_losses": last}
+        status = check() or {"status": "failed", "step": step, "reason": f"{type(exc).__name__} at step {step}: {exc}",
+                             "last_finite_losses": last}  # a crash that follows a divergence is that divergence
     finally:
         bar.close()
         for s, h in old_handlers.items():

@@ -8,6 +8,10 @@ from torch import nn
 
 CAPABILITIES = frozenset({"log_prob", "sample", "elbo", "iwae"})
 TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # hyper-parameters the training loop reads
+# What a training step returns to log: 0-dim tensors left on the model's device (the loop fetches a whole log
+# interval's in one transfer, where an `.item()` per step would make the host wait for the device at every step)
+# or numbers the host already has.
+Losses = dict[str, torch.Tensor | float]
 
 
 class Method(nn.Module):
@@ -62,14 +66,14 @@ class Method(nn.Module):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
-        """One update; returns the losses to log (floats). The default minimizes `loss` with the single optimizer."""
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> Losses:
+        """One update; returns the losses to log. The default minimizes `loss` with the single optimizer."""
         (opt,) = optimizers.values()
         opt.zero_grad(set_to_none=True)
         loss = self.loss(x)
         loss.backward()
         opt.step()
-        return {"loss": loss.item()}
+        return {"loss": loss}
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor) -> float | None:

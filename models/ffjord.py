@@ -31,7 +31,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from models import register
-from models.base import Method
+from models.base import Losses, Method
 from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
 
 ACTIVATIONS = {"tanh": torch.tanh, "softplus": nn.functional.softplus}
@@ -236,7 +236,7 @@ class FFJORD(Method):
         hp = self.hparams
         return -self._data_log_prob(x, hp["atol"], hp["rtol"], hp["trace_estimator"]).mean()
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> Losses:
         out = super().train_step(x, optimizers, step)
         return {**out, "nfe": float(self._last["nfe"])}
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from bench.datasets import TOY_DATASETS
 from bench.errors import UserError
 from models import register
-from models.base import Method, adam
+from models.base import Losses, Method, adam
 from models.nets import ConvDecoder, conv_discriminator, mlp_discriminator, mlp_net
 
 IMAGE_DATASETS = ("mnist", "binarized_mnist")
@@ -98,10 +98,10 @@ class GAN(Method):
         pass
 
     # --- the one training step -----------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> Losses:
         opt_d, opt_g = optimizers["d"], optimizers["g"]
         chunks = self.to_model_space(x).tensor_split(self.hparams["n_critic"])
-        logs: dict[str, float] = {}
+        logs: Losses = {}
         for real in chunks:
             with torch.no_grad():
                 fake = self.generate(torch.randn(len(real), self.latent_dim, device=real.device))
@@ -111,7 +111,7 @@ class GAN(Method):
             opt_d.step()
             self.after_critic_step()
             for k, v in {"d_loss": d_loss, **extra}.items():
-                logs[k] = logs.get(k, 0.0) + v.item() / len(chunks)
+                logs[k] = logs.get(k, 0.0) + v.detach() / len(chunks)
         opt_g.zero_grad(set_to_none=True)
         self.discriminator.requires_grad_(False)  # the generator step needs no critic parameter gradients
         try:
@@ -121,7 +121,7 @@ class GAN(Method):
         finally:
             self.discriminator.requires_grad_(True)
         opt_g.step()
-        return {**logs, "g_loss": g_loss.item()}
+        return {**logs, "g_loss": g_loss}
 
 
 class _Adam:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # CI has 2 cores and the models under test are tiny: one thread avoids oversubscription stalls.
 torch.set_num_threads(1)
@@ -22,3 +23,17 @@ def mnist_available() -> bool:
 
 
 needs_mnist = pytest.mark.skipif(not mnist_available(), reason="MNIST not found; set DGMBENCH_DATA_ROOT")
+
+
+class DispatchLog(TorchDispatchMode):
+    """While active, records the name of every operation sent through torch's dispatcher (forward, backward,
+    optimizer) in `ops`. A host read of a tensor's value (`.item()`, `bool()`, `float()`, where the host waits for
+    the device) is `aten._local_scalar_dense.default`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))

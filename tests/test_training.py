@@ -1,15 +1,21 @@
 """The training loop: CPU determinism, exact resume, divergence records and retries, corrupt checkpoints."""
+import itertools
 import os
 import signal
 
 import pytest
 import torch
 
+import models
+from bench import datasets
 from bench import train as train_module
 from bench.errors import UserError
 from bench.io import read_json
 from bench.seeding import determinism, seed_everything
 from bench.train import CHECKPOINT, PROVENANCE, RESUME, EpochSampler, RunSpec, load_checkpoint, retry_seed, train
+from conftest import DispatchLog
+
+SYNC = "aten._local_scalar_dense.default"  # the host reading a tensor's value: on a GPU, waiting for the device
 
 SMALL = {"steps": 40, "batch_size": 64, "width": 16}
 LOOP = {"log_every": 10, "val_every": 20, "checkpoint_every": 10, "val_size": 500}
@@ -109,8 +115,9 @@ class _Killed(BaseException):
 
 
 def _inject(monkeypatch, faults):
-    """RealNVP.train_step with one-shot faults {(attempt, step): "nan" | "kill"}: a non-finite loss, or a kill
-    before the step; an attempt is counted at every call with step 0 (a resumed attempt does not start one)."""
+    """RealNVP.train_step with one-shot faults {(attempt, step): "nan" | "kill" | "term" | "crash"}: a non-finite
+    loss, or before the step a kill, a SIGTERM or an exception; an attempt is counted at every call with step 0 (a
+    resumed attempt does not start one)."""
     from models.realnvp import RealNVP
 
     original, attempt = RealNVP.train_step, [-1]
@@ -120,6 +127,10 @@ def _inject(monkeypatch, faults):
         fault = faults.pop((attempt[0], i), None)
         if fault == "kill":
             raise _Killed
+        if fault == "term":
+            os.kill(os.getpid(), signal.SIGTERM)
+        if fault == "crash":
+            raise RuntimeError("kernel exploded")
         losses = original(self, x, optimizers, i)
         return {k: float("nan") for k in losses} if fault == "nan" else losses
 
@@ -181,6 +192,60 @@ def test_a_resumed_retry_that_diverges_is_not_retried_again(tmp_path, monkeypatc
     assert status["status"] == "diverged" and status["step"] == 8 and status["retry"]["original_status"]["step"] == 5
 
 
+# FFJORD's adaptive ODE solver decides its step sizes on the host; the VAE-initialized GANs (MNIST only) take
+# their GAN's step
+@pytest.mark.parametrize("method", [m for m in models.available()
+                                    if m != "ffjord" and "moons" not in models.get(m).unsupported])
+def test_a_training_step_leaves_its_losses_on_the_device(method):
+    """A step returns its losses as tensors and never reads a value back: on a GPU the host queues the next step
+    while the device works on this one."""
+    ds = datasets.load("moons")
+    known = models.resolve_hparams(method, "moons")
+    small = {k: v for k, v in {"width": 8, "hidden_layers": 1, "nt": 1, "batch_size": 40}.items() if k in known}
+    model = models.get(method)(ds, models.resolve_hparams(method, "moons", small))
+    optimizers, x = model.configure_optimizers(), ds.train[:40]
+    model.train_step(x, optimizers, 0)
+    with DispatchLog() as log:
+        losses = model.train_step(x, optimizers, 1)
+    assert SYNC not in log.ops
+    assert losses and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in losses.values())
+
+
+def test_the_loop_reads_losses_back_only_at_log_and_checkpoint_steps(tmp_path, monkeypatch):
+    """Between checks (every 10 steps here) a step and the loop around it never wait for the device."""
+    from models.realnvp import RealNVP
+
+    original, log = RealNVP.train_step, DispatchLog()
+
+    def marked(self, x, optimizers, step):
+        log.ops.append(step)
+        return original(self, x, optimizers, step)
+
+    monkeypatch.setattr(RealNVP, "train_step", marked)
+    with log:
+        train(_spec(steps=30), tmp_path, progress=False)
+    starts = [i for i, op in enumerate(log.ops) if isinstance(op, int)] + [len(log.ops)]
+    syncs = {log.ops[a]: log.ops[a:b].count(SYNC) for a, b in itertools.pairwise(starts)}  # from a step to the next
+    assert list(syncs) == list(range(30))
+    assert all(n == 0 for step, n in syncs.items() if (step + 1) % 10), syncs
+    assert all(n > 0 for step, n in syncs.items() if (step + 1) % 10 == 0), syncs
+
+
+def test_a_divergence_before_an_interruption_ends_the_run_as_diverged(tmp_path, monkeypatch):
+    """The steps since the last check are checked when SIGTERM arrives: a non-finite loss among them is the run's
+    divergence record, at its own step, and nothing is left to resume."""
+    _inject(monkeypatch, {(0, 22): "nan", (0, 25): "term"})
+    status = train(_spec(), tmp_path, progress=False)
+    assert status["status"] == "diverged" and status["step"] == 22 and "non-finite loss" in status["reason"]
+    assert not (tmp_path / RESUME).exists()
+
+
+def test_a_crash_after_a_divergence_is_recorded_as_the_divergence(tmp_path, monkeypatch):
+    _inject(monkeypatch, {(0, 3): "nan", (0, 6): "crash"})
+    status = train(_spec(), tmp_path, progress=False)
+    assert status["status"] == "diverged" and status["step"] == 3
+
+
 def test_a_crashing_step_is_a_failure_record(tmp_path, monkeypatch):
     from models.realnvp import RealNVP
 
@@ -208,6 +273,7 @@ def test_epoch_sampler_covers_each_epoch_once_and_is_a_function_of_step():
     again = EpochSampler(100, 10, seed=3)
     assert torch.equal(again.indices(13), s.indices(13))
     assert not torch.equal(s.indices(0), s.indices(10))
+    assert EpochSampler(100, 10, seed=3, device="meta").indices(13).device.type == "meta"  # where the data lives
 
 
 def test_batch_size_larger_than_data_is_rejected():

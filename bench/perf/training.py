@@ -26,7 +26,7 @@ def suite_step(method: str, ds: datasets.Dataset, device: torch.device, compile:
         model.compile_training()
     optimizers, batch_size = model.configure_optimizers(), model.hparams["batch_size"]
     train_x = ds.train.to(device)
-    sampler, counter = EpochSampler(len(train_x), batch_size, seed=0), iter(range(1 << 62))
+    sampler, counter = EpochSampler(len(train_x), batch_size, seed=0, device=device), iter(range(1 << 62))
 
     def step() -> None:
         i = next(counter)
