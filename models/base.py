@@ -66,14 +66,19 @@ class Method(nn.Module):
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training loss under "loss", beside any of its parts worth logging; by default `loss` alone."""
+        return {"loss": self.loss(x)}
+
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> Losses:
-        """One update; returns the losses to log. The default minimizes `loss` with the single optimizer."""
+        """One update; returns the losses to log. The default minimizes `loss_terms`' "loss" with the single
+        optimizer and logs all its terms."""
         (opt,) = optimizers.values()
         opt.zero_grad(set_to_none=True)
-        loss = self.loss(x)
-        loss.backward()
+        terms = self.loss_terms(x)
+        terms["loss"].backward()
         opt.step()
-        return {"loss": loss}
+        return terms
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor) -> float | None:
