@@ -2,7 +2,7 @@
 
 Deterministic on CPU (seeded RNGs, deterministic kernels, data order derived from seed and step), resumable
 (`resume.pt` holds model, optimizers, RNG states, step and log, written atomically every `checkpoint_every`
-steps and on SIGTERM/SIGINT), and failure-aware: a non-finite loss or parameter ends the run with a "diverged"
+steps and on SIGTERM/SIGINT, once the step under way is complete), and failure-aware: a non-finite loss or parameter ends the run with a "diverged"
 status record, an exception inside a training step with a "failed" one (traceback printed to the job log), so
 the rest of the grid, the aggregation and the report still complete and show it. A step's losses stay on the
 device until the next log or checkpoint step, which fetches them all in one transfer and names the first
@@ -17,6 +17,8 @@ import math
 import signal
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +124,33 @@ class _Interrupted(Exception):
     pass
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise _Interrupted(signal.Signals(signum).name)
+class _Signals:
+    """From construction to `restore()`, SIGTERM and SIGINT raise `_Interrupted`: at once, or inside `atomic()` when
+    the block ends, so that a training step (a GAN's several optimizer updates, its RNG draws) is never cut in half
+    and `resume.pt` holds exactly the state after the last whole step. Steps take well under SLURM's grace period."""
+
+    def __init__(self) -> None:
+        self.deferring, self.received = False, None
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        if not self.deferring:
+            raise _Interrupted(self.received)
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.received:
+            raise _Interrupted(self.received)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -263,32 +290,33 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
     resume_path = out_dir / RESUME
     if retry and not resume:  # from now on a re-run resumes the retry, never the diverged attempt
         save_torch(resume_path, state(0, {"status": "running"}))
-    old_handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
     bar = tqdm(total=hp["steps"], initial=start, disable=progress is False if progress is not None else None,
                desc=f"{spec.method}/{spec.dataset}/seed{seed}", mininterval=0.5, dynamic_ncols=True)
-    step = start
+    signals = _Signals()
+    step = done = start  # done: the steps completed whole, which the model, optimizers and RNGs reflect
     try:
         model.train()
         for step in range(start, hp["steps"]):
-            losses = model.train_step(sampler.batch(ds, train_x, step), optimizers, step)
-            pending.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in losses.items()})
-            done = step + 1
+            with signals.atomic():
+                losses = model.train_step(sampler.batch(ds, train_x, step), optimizers, step)
+                pending.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in losses.items()})
+                done = step + 1
             logging = done % loop["log_every"] == 0 or done == hp["steps"]
             saving = done % loop["checkpoint_every"] == 0 and done < hp["steps"]
             if (logging or saving) and (diverged := check()):
                 status = diverged
                 break
             if logging:
-                row = {"step": done, "wall_s": round(elapsed + time.perf_counter() - t0, 3), **last}
-                if done % loop["val_every"] == 0 or done == hp["steps"]:
-                    model.eval()
-                    row["val_loss"] = validation_loss(model, val_x)
-                    model.train()
                 if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
                     status = {"status": "diverged", "step": done, "reason": f"non-finite parameters at step {done}",
                               "last_finite_losses": last}
                     break
-                rows.append(row)
+                row = {"step": done, "wall_s": round(elapsed + time.perf_counter() - t0, 3), **last}
+                rows.append(row)  # before validation, which an interruption may cut short (no val_loss then)
+                if done % loop["val_every"] == 0 or done == hp["steps"]:
+                    model.eval()
+                    row["val_loss"] = validation_loss(model, val_x)
+                    model.train()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
             if saving:
                 write_files({resume_path: as_torch(state(done, {"status": "running"})),
@@ -297,8 +325,8 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
     except _Interrupted as exc:
         diverged = check()  # a divergence among the unchecked steps ends the run as one, with nothing to resume
         if diverged is None:
-            save_torch(resume_path, state(step, {"status": "running"}))
-            raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {step}), "
+            save_torch(resume_path, state(done, {"status": "running"}))
+            raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {done}), "
                              "re-run to resume")
         status = diverged
     except (UserError, MemoryError, torch.OutOfMemoryError, OSError):
@@ -309,8 +337,7 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
                              "last_finite_losses": last}  # a crash that follows a divergence is that divergence
     finally:
         bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        signals.restore()
     return state(hp["steps"] if status["status"] == "ok" else status["step"], status)
 
 

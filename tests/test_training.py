@@ -96,12 +96,38 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="re-run to resume"):
         train(_spec(), tmp_path / "cut", progress=False)
     assert (tmp_path / "cut" / RESUME).exists() and not (tmp_path / "cut" / CHECKPOINT).exists()
-    assert load_checkpoint(tmp_path / "cut" / RESUME)["step"] == 25
+    assert load_checkpoint(tmp_path / "cut" / RESUME)["step"] == 26  # step 25, under way, completes first
     monkeypatch.setattr(RealNVP, "train_step", original)
     train(_spec(), tmp_path / "cut", progress=False)
     _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
     assert not (tmp_path / "cut" / RESUME).exists()
     assert (tmp_path / "full" / "train_log.csv").read_text() != ""
+
+
+def test_a_signal_inside_a_step_stops_the_run_after_that_step(tmp_path, monkeypatch):
+    """SIGTERM between a GAN's critic and generator updates: the loop stops once the step is whole, so resume.pt
+    holds the state after it (not a half-updated model labelled with the step before) and the resumed run ends
+    with the weights of an uninterrupted one."""
+    from models.gan import DCGAN
+
+    def spec():
+        return RunSpec.build("dcgan", "moons", 0, {"steps": 30, "batch_size": 64, "width": 16}, loop=LOOP)
+
+    train(spec(), tmp_path / "full", progress=False)
+    original, critic_updates = DCGAN.after_critic_step, itertools.count()
+
+    def then_sigterm(self):
+        original(self)
+        if next(critic_updates) == 14:  # one critic update per step: step 14's
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(DCGAN, "after_critic_step", then_sigterm)
+    with pytest.raises(SystemExit, match=r"\(step 15\)"):
+        train(spec(), tmp_path / "cut", progress=False)
+    assert load_checkpoint(tmp_path / "cut" / RESUME)["step"] == 15
+    monkeypatch.setattr(DCGAN, "after_critic_step", original)
+    train(spec(), tmp_path / "cut", progress=False)
+    _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
 
 
 def test_non_finite_loss_is_a_divergence_record(tmp_path):
