@@ -1,5 +1,5 @@
-"""The image pieces every image model shares: the logit transform's value and log-Jacobian (models/images.py) and
-the one-output-channel transposed convolution of the conv decoder (models/nets.py)."""
+"""The image pieces every image model shares: the logit transform's value and log-Jacobian (models/images.py), and
+the conv nets' one-channel layers, whose CPU kernels differ from the ordinary layers' (models/nets.py)."""
 import math
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models.images import from_logit, to_logit
-from models.nets import ConvDecoder, OneChannelConvTranspose2d
+from models.nets import ConvDecoder, ConvEncoder, OneChannelConv2d, OneChannelConvTranspose2d
 
 
 @pytest.mark.parametrize("alpha", [0.05, 1e-6])  # RealNVP/VAE/OT-Flow's and FFJORD's
@@ -28,6 +28,34 @@ def test_to_logit_matches_logit_and_autograd_log_det_and_loses_nothing_to_log1p(
     torch.testing.assert_close(z32, torch.log(s32) - torch.log1p(-s32), rtol=0, atol=5e-7)
     torch.testing.assert_close(log_det32, (-torch.log(s32) - torch.log1p(-s32)).sum(1) + 784 * math.log(1 - 2 * alpha),
                                rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_one_channel_conv_has_the_ordinary_layers_gradients_to_second_order(frozen):
+    """OneChannelConv2d against nn.Conv2d, for an input that needs a gradient (an input that needs none takes the
+    ordinary path): output, first-order gradients (with the parameters frozen, as in the GAN generator's step
+    through the discriminator) and the second-order ones that the WGAN-GP penalty backpropagates (float64: exact
+    to rounding)."""
+    torch.manual_seed(0)
+    ours, plain = OneChannelConv2d(1, 6, 4, 2, 1).double(), nn.Conv2d(1, 6, 4, 2, 1).double()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.rand(5, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    for layer in (ours, plain):
+        layer.requires_grad_(not frozen)
+    onednn = torch.backends.mkldnn.enabled
+
+    def grads(layer):
+        y = layer(x)
+        wrt = [t for t in (x, *layer.parameters()) if t.requires_grad]
+        first = torch.autograd.grad(y.pow(2).sum(), wrt, create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), wrt)
+        return y, first, second
+
+    got, want = grads(ours), grads(plain)
+    assert type(got[0].grad_fn).__name__ == "_InputGradientOnATenBackward" and torch.backends.mkldnn.enabled == onednn
+    for a, b in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert isinstance(ConvEncoder(4, 2)[0], OneChannelConv2d)
 
 
 def test_one_channel_conv_transpose_is_the_ordinary_layer_and_restores_onednn():
