@@ -5,10 +5,9 @@ Deterministic on CPU (seeded RNGs, deterministic kernels, data order derived fro
 steps and on SIGTERM/SIGINT, once the step under way is complete), and failure-aware: a non-finite loss or
 parameter ends the run with a "diverged" status record, an exception inside a training step with a "failed" one
 (traceback printed to the job log), so the rest of the grid, the aggregation and the report still complete and
-show it. A step's losses stay on the
-device until the next log or checkpoint step, which fetches them all in one transfer and names the first
-non-finite one, so the host never waits for the device in between. With the opt-in loop setting
-`retry_diverged`, a diverged run is trained once more from scratch with the seed `retry_seed(seed)`.
+show it. A step's losses stay on the device until the next log or checkpoint step, which fetches them all in one
+transfer and names the first non-finite one, so the host never waits for the device in between. With the opt-in
+loop setting `retry_diverged`, a diverged run is trained once more from scratch with the seed `retry_seed(seed)`.
 """
 from __future__ import annotations
 
