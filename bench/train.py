@@ -127,11 +127,15 @@ class _Interrupted(Exception):
 class _Signals:
     """From construction to `restore()`, SIGTERM and SIGINT raise `_Interrupted`: at once, or inside `atomic()` when
     the block ends, so that a training step (a GAN's several optimizer updates, its RNG draws) is never cut in half
-    and `resume.pt` holds exactly the state after the last whole step. Steps take well under SLURM's grace period."""
+    and `resume.pt` holds exactly the state after the last whole step. Steps take well under SLURM's grace period.
+    After `hold()` a signal is only recorded, so a second one cannot interrupt the saving of the first one's state."""
 
     def __init__(self) -> None:
         self.deferring, self.received = False, None
         self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def hold(self) -> None:
+        self.deferring = True
 
     def restore(self) -> None:
         for s, h in self.old.items():
@@ -323,6 +327,7 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
                              out_dir / LOG: as_text(_log_csv(rows))})
             bar.update(1)
     except _Interrupted as exc:
+        signals.hold()  # a second SIGTERM (or an impatient Ctrl-C) must not cut the save short
         diverged = check()  # a divergence among the unchecked steps ends the run as one, with nothing to resume
         if diverged is None:
             save_torch(resume_path, state(done, {"status": "running"}))

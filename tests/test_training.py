@@ -10,7 +10,7 @@ import models
 from bench import datasets
 from bench import train as train_module
 from bench.errors import UserError
-from bench.io import read_json
+from bench.io import read_json, save_torch
 from bench.seeding import determinism, seed_everything
 from bench.train import CHECKPOINT, PROVENANCE, RESUME, EpochSampler, RunSpec, load_checkpoint, retry_seed, train
 from conftest import DispatchLog
@@ -92,7 +92,12 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, x, optimizers, step)
 
+    def signalled_again(path, obj):  # a second SIGTERM while the first one's progress is being saved
+        os.kill(os.getpid(), signal.SIGTERM)
+        save_torch(path, obj)
+
     monkeypatch.setattr(RealNVP, "train_step", interrupted)
+    monkeypatch.setattr(train_module, "save_torch", signalled_again)
     with pytest.raises(SystemExit, match="re-run to resume"):
         train(_spec(), tmp_path / "cut", progress=False)
     assert (tmp_path / "cut" / RESUME).exists() and not (tmp_path / "cut" / CHECKPOINT).exists()
