@@ -30,7 +30,7 @@ import models
 from bench import datasets, provenance
 from bench.errors import UserError
 from bench.io import as_json, as_text, as_torch, save_torch, write_files
-from bench.seeding import determinism, resolve_device, rng_state, seed_everything, set_rng_state
+from bench.seeding import determinism, resolve_device, rng_state, seed_everything, separate_rng, set_rng_state
 from models.base import Losses
 
 CHECKPOINT, RESUME, LOG, PROVENANCE = "checkpoint.pt", "resume.pt", "train_log.csv", "provenance.json"
@@ -169,14 +169,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def validation_loss(model: Any, x: torch.Tensor, chunk: int = 1024) -> float | None:
-    """Example-weighted mean of the method's validation objective over chunks of `x`."""
+def validation_loss(model: Any, x: torch.Tensor, seed: int, chunk: int = 1024) -> float | None:
+    """Example-weighted mean of the method's validation objective over chunks of `x`. Its random draws (a VAE's z,
+    dequantization noise) come from a stream of their own, seeded alike at every validation: training's stream is
+    the same whatever `val_every` is, a run interrupted during validation resumes exactly, and validation losses
+    of different steps share their noise."""
     total, n = 0.0, 0
-    for part in x.split(chunk):
-        value = model.validation_loss(part)
-        if value is None:
-            return None
-        total, n = total + value * len(part), n + len(part)
+    with separate_rng(seed):
+        for part in x.split(chunk):
+            value = model.validation_loss(part)
+            if value is None:
+                return None
+            total, n = total + value * len(part), n + len(part)
     return total / n
 
 
@@ -319,7 +323,7 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
                 rows.append(row)  # before validation, which an interruption may cut short (no val_loss then)
                 if done % loop["val_every"] == 0 or done == hp["steps"]:
                     model.eval()
-                    row["val_loss"] = validation_loss(model, val_x)
+                    row["val_loss"] = validation_loss(model, val_x, seed)
                     model.train()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
             if saving:

@@ -135,6 +135,33 @@ def test_a_signal_inside_a_step_stops_the_run_after_that_step(tmp_path, monkeypa
     _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
 
 
+def test_validation_draws_leave_training_alone_and_a_signal_during_validation_resumes_exactly(tmp_path, monkeypatch):
+    """The VAE's validation draws z. Those draws come from a stream of their own, so the trained weights do not
+    depend on how often the run validates, and a SIGTERM that cuts a validation short resumes to the weights of an
+    uninterrupted run."""
+    from models.vae import VAE
+
+    def spec(val_every):
+        return RunSpec.build("vae", "moons", 0, {"steps": 40, "batch_size": 64, "width": 16},
+                             loop={**LOOP, "val_every": val_every})
+
+    train(spec(20), tmp_path / "full", progress=False)
+    train(spec(40), tmp_path / "rare", progress=False)  # validates at step 40 only
+    _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "rare"))
+    original = VAE.validation_loss
+
+    def sigterm_first(self, x):  # the run stops before this validation has drawn anything
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, x)
+
+    monkeypatch.setattr(VAE, "validation_loss", sigterm_first)
+    with pytest.raises(SystemExit, match=r"\(step 20\)"):
+        train(spec(20), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(VAE, "validation_loss", original)
+    train(spec(20), tmp_path / "cut", progress=False)
+    _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "cut"))
+
+
 def test_non_finite_loss_is_a_divergence_record(tmp_path):
     status = train(_spec(lr=1e6, steps=200), tmp_path, progress=False)
     assert status["status"] == "diverged" and "non-finite" in status["reason"]
