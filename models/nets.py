@@ -38,6 +38,12 @@ def _onednn_off() -> Iterator[None]:
         torch.backends.mkldnn.enabled = onednn
 
 
+def _ordinary_path(x: torch.Tensor) -> bool:
+    """The one-channel layers' ATen kernels are a CPU eager-mode choice: other devices and compiled graphs run the
+    ordinary layer."""
+    return x.device.type != "cpu" or torch.compiler.is_compiling()
+
+
 class _InputGradientOnATen(torch.autograd.Function):
     """conv2d whose input gradient runs with oneDNN off (ATen's own kernel); the rest as usual. Differentiable
     twice, as the WGAN-GP penalty needs."""
@@ -78,7 +84,7 @@ class OneChannelConv2d(nn.Conv2d):
             raise ValueError("OneChannelConv2d takes one input channel, zero padding given as numbers")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.requires_grad or x.device.type != "cpu" or torch.compiler.is_compiling():
+        if not x.requires_grad or _ordinary_path(x):
             return super().forward(x)
         return _InputGradientOnATen.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
@@ -103,7 +109,7 @@ class OneChannelConvTranspose2d(nn.ConvTranspose2d):
     parameters and function; other devices and compiled graphs take the ordinary path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
+        if _ordinary_path(x):
             return super().forward(x)
         with _onednn_off():
             return super().forward(x)
