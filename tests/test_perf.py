@@ -63,7 +63,8 @@ def test_paper_run_rows_time_one_complete_run_per_method():
     from bench.perf.__main__ import markdown, paper_run_rows
 
     rows = paper_run_rows(["moons"], models.available(), torch.device("cpu"), None, {"steps": 3, "batch_size": 32})
-    assert sorted(r["name"] for r in rows) == [m for m in models.available() if "moons" not in models.get(m).unsupported]
+    on_moons = [m for m in models.available() if "moons" not in models.get(m).unsupported]
+    assert sorted(r["name"] for r in rows) == on_moons
     for r in rows:
         assert (r["n"], r["batch"], r["value"]) == (3, 32, "ok") and r["suite_steps_per_s"] > 0, r
     assert "| moons | wgan | 3 | 32 |" in markdown(rows, "python -m bench.perf --paper-runs", "a test")
@@ -75,6 +76,44 @@ def test_paper_runs_of_a_vae_initialized_gan_train_the_vae_first():
 
     rows = paper_run_rows(["mnist"], ["dcgan-vaeinit"], torch.device("cpu"), None, {"steps": 2, "batch_size": 8})
     assert [(r["name"], r["value"]) for r in rows] == [("vae", "ok"), ("dcgan-vaeinit", "ok")]
+
+
+def test_targets_judge_each_matching_row_and_list_the_unmeasured():
+    from bench.perf.__main__ import markdown
+    from bench.perf.targets import check
+
+    def training(threads, ratio):
+        return {"section": "training", "name": "vae", "dataset": "mnist", "threads": threads, "ratio": ratio,
+                "ratio_windows": f"{ratio - 0.1:.2f} {ratio:.2f} {ratio + 0.2:.2f}"}
+
+    def w2(seconds, converged):
+        return {"section": "metrics", "name": "exact W2 (dense)", "n": 10_000, "seconds": seconds,
+                "converged": converged}
+
+    rows = [training(1, 1.49), training(2, 1.5), w2(29.9, "yes"), w2(12.0, "no"),
+            {**w2(45.0, "yes"), "n": 5000},  # another N: not the target's row
+            {"section": "pipeline", "name": "default pipeline, no-op re-run", "seconds": 10.0}]
+    lines = {(t["target"].split(":")[0], t["where"], t["measured"], t["met"]) for t in check(rows)}
+    assert {("VAE on mnist", "1 thread", "1.49 (windows 1.39–1.69)", "no"),
+            ("VAE on mnist", "2 threads", "1.5 (windows 1.40–1.70)", "yes"),
+            ("exact W2 of 10,000 points in 2-D", "–", "29.9 s", "yes"),
+            ("exact W2 of 10,000 points in 2-D", "–", "12.0 s", "no"),  # fast, but not converged
+            ("no-op re-run of the default pipeline", "–", "10.0 s", "no"),
+            ("RealNVP on moons", "–", "not measured in this run", "–")} <= lines
+    assert len(lines) == 5 + 4  # a line per matching row, and one for each of the 4 targets without a row
+    assert "| VAE on mnist: ≥ 1.5× the course code's steps/s | 1 thread | 1.49 (windows 1.39–1.69) | no |" in \
+        markdown(rows, "python -m bench.perf", "a test")
+    assert "## Targets" not in markdown(rows, "python -m bench.perf --device cuda", "a test", cpu_targets=False)
+
+
+def test_compare_reverses_the_contenders_order_in_every_other_window(monkeypatch):
+    from bench.perf import training
+
+    timed = []
+    monkeypatch.setattr(training, "steps_per_second", lambda step, seconds, device: timed.append(step()) or 1.0)
+    rates = training.compare({name: (lambda name=name: name) for name in "abc"}, 1.0, torch.device("cpu"), windows=4)
+    assert "".join(timed) == "abc" "cba" "abc" "cba"
+    assert rates == {name: [1.0] * 4 for name in "abc"}
 
 
 def test_ratio_is_the_median_of_per_window_ratios():

@@ -6,9 +6,9 @@
 Writes `perf.md` and `perf.csv` into --out (default reports/) and prints the tables as it goes.
 - Training: steps/s and samples/s of every method at its default size on moons and MNIST (the suite's own
   step: in-memory minibatch + `train_step`, as `bench.train` runs it), and of the course recipe
-  (bench/perf/reference.py) where one exists, with the ratio. Contenders take turns in five windows (steps/s:
-  the median over windows; ratio: the median of per-window ratios), for each torch thread count in --threads
-  (1 is what a pipeline job gets; 2 is torch's default here).
+  (bench/perf/reference.py) where one exists, with the ratio. Contenders take turns in five windows, in reversed
+  order every other window (steps/s: the median over windows; ratio: the median of per-window ratios), for each
+  torch thread count in --threads (1 is what a pipeline job gets; 2 is torch's default here).
 - Metrics: each metric at its default N on seeded synthetic data (bench/perf/metrics.py) and FID of 10,000
   MNIST images with the suite's classifier features.
 - Pipeline (--pipeline, ~20 min on 2 CPU cores): the default config end to end in a fresh folder (temporary,
@@ -41,6 +41,7 @@ from bench.allocator import keep_freed_memory
 from bench.errors import UserError
 from bench.io import write_text
 from bench.perf import metrics as perf_metrics
+from bench.perf import targets
 from bench.perf.training import compare, paired_ratio, reference_step, suite_step, window_ratios
 from bench.seeding import resolve_device
 from bench.train import RunSpec, train
@@ -76,7 +77,8 @@ def training_rows(names: list[str], methods: list[str], threads: list[int], seco
                     row["compile_s"] = round(time.perf_counter() - t0, 1)
                 windows = compare(steps, seconds * len(steps), device)
                 rates = {k: statistics.median(r) for k, r in windows.items()}
-                row.update(suite_steps_per_s=round(rates["suite"], 2), suite_samples_per_s=round(rates["suite"] * batch))
+                row.update(suite_steps_per_s=round(rates["suite"], 2),
+                           suite_samples_per_s=round(rates["suite"] * batch))
                 if ref:
                     per_window = window_ratios(windows, "suite", "reference")
                     row.update(reference_steps_per_s=round(rates["reference"], 2),
@@ -160,8 +162,9 @@ def paper_run_rows(names: list[str], methods: list[str], device: torch.device, d
 
 def machine(device: torch.device) -> str:
     cpus, code = len(os.sched_getaffinity(0)), provenance.git_version()
-    return (f"{provenance.device_name(device)} ({device}), {cpus} CPU cores available, torch {torch.__version__}, Python "
-            f"{platform.python_version()}, commit {code['commit'][:10]}{' (uncommitted changes)' if code['dirty'] else ''}")
+    dirty = " (uncommitted changes)" if code["dirty"] else ""
+    return (f"{provenance.device_name(device)} ({device}), {cpus} CPU cores available, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, commit {code['commit'][:10]}{dirty}")
 
 
 # Each section of perf.md: (row section, heading and text above the table, [(column header, row key)]).
@@ -169,8 +172,9 @@ SECTIONS = [
     ("training", ("## Training throughput\n\nThe suite's step (in-memory minibatch, stacked/fused kernels where the "
       "method has them, fused Adam) against the course recipe at the same size (bench/perf/reference.py: per-step "
       "`make_moons`, torchvision DataLoader with per-image `ToTensor`, default Adam). Contenders take turns in "
-      "five windows: steps/s are medians over the windows, a ratio is the median of the per-window ratios (listed "
-      "for the suite; when the machine's speed drifts between windows it differs from the ratio of the medians).\n\n"
+      "five windows, in reversed order every other window: steps/s are medians over the windows, a ratio is the "
+      "median of the per-window ratios (listed for the suite; when the machine's speed drifts between windows it "
+      "differs from the ratio of the medians).\n\n"
       "`compiled`: the same step with `training.compile` (torch.compile of the method's objective; FFJORD "
       "and the GANs have none), timed alike after its first step, which compiles (`compile s`; inductor's cache "
       "starts empty in each harness run)."),
@@ -190,10 +194,16 @@ SECTIONS = [
 ]
 
 
-def markdown(rows: list[dict[str, Any]], command: str, ran_on: str) -> str:
-    """reports/perf.md: a table per section of `rows` (SECTIONS; "–" where a row has no value), measured by
+def markdown(rows: list[dict[str, Any]], command: str, ran_on: str, cpu_targets: bool = True) -> str:
+    """reports/perf.md: the suite's targets checked against `rows` (bench/perf/targets.py; CPU targets, so only
+    if `cpu_targets`), then a table per section of `rows` (SECTIONS; "–" where a row has no value), measured by
     `command` on `ran_on` (`machine()`)."""
     out = [f"# Performance\n\nMeasured by `{command}` on {ran_on}.\n"]
+    if cpu_targets:
+        out += ["## Targets\n\nThe suite's CPU targets, judged on this run's rows below.\n",
+                "| target | threads | measured | met |", "|---|---|---|---|"]
+        out += [f"| {t['target']} | {t['where']} | {t['measured']} | {t['met']} |" for t in targets.check(rows)]
+        out.append("")
     for section, text, columns in SECTIONS:
         table = [r for r in rows if r["section"] == section]
         if table:
@@ -247,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     writer.writerows(rows)
     stem = "perf" if device.type == "cpu" else f"perf-{device.type}"
     write_text(args.out / f"{stem}.csv", buf.getvalue())
-    write_text(args.out / f"{stem}.md", markdown(rows, command.strip(), ran_on) + "\n")
+    write_text(args.out / f"{stem}.md", markdown(rows, command.strip(), ran_on, device.type == "cpu") + "\n")
     print(f"wrote {args.out / stem}.md and .csv")
 
 

@@ -1,8 +1,9 @@
 """Time each metric of ``metrics/`` at its default sample size on this machine (rows for ``python -m bench.perf``).
 
-``quick`` skips the two slowest rows, exact W at n = 10,000. Data are synthetic and seeded: 2-D N(0, I) vs N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2);
-128-d Gaussian features. Exact W runs POT's single-threaded network simplex and needs about 4·n²·8 bytes
-(≈ 3.2 GB at n = 10,000); "converged" is "no" when it raised ``OTNotConvergedError``.
+``quick`` skips the two slowest rows, exact W at n = 10,000. Data are synthetic and seeded: 2-D N(0, I) vs
+N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2); 128-d Gaussian features. Exact W runs POT's
+single-threaded network simplex and needs about 4·n²·8 bytes (≈ 3.2 GB at n = 10,000); "converged" is "no" when
+it raised ``OTNotConvergedError``.
 FID of 10,000 MNIST images: 10,000 training images against the 10,000 test images through torch-fidelity with the
 suite's classifier features, the evaluation's path (the pipeline's trained classifier when results/ has one,
 otherwise an untrained one of the same architecture: the timing is the same, the value is then meaningless).
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

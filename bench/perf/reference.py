@@ -18,8 +18,9 @@ scripts also compute (DCGAN's epsTest, plotting) are left out: they would only s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +118,8 @@ class _Phi(nn.Module):
         tr = torch.sum(temp.reshape(m, -1, n) * torch.pow(k_open.unsqueeze(2), 2), dim=(0, 1))
         jac = k_open.unsqueeze(2) * tanh_open.t().unsqueeze(1)
         kj = torch.mm(self.K1.weight, jac.reshape(m, -1)).reshape(m, -1, n)
-        t1 = torch.sum(((1 - torch.tanh(pre1.t()).pow(2)) * self.w.weight.t()).reshape(m, -1, n) * kj.pow(2), dim=(0, 1))
+        dtanh1 = (1 - torch.tanh(pre1.t()).pow(2)) * self.w.weight.t()
+        t1 = torch.sum(dtanh1.reshape(m, -1, n) * kj.pow(2), dim=(0, 1))
         return grad.t(), tr + t1 + torch.trace(sym[:d, :d])
 
 

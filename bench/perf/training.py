@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -63,11 +63,12 @@ def steps_per_second(step: Step, seconds: float, device: torch.device) -> float:
 
 def compare(steps: dict[str, Step], seconds: float, device: torch.device, windows: int = 5) -> dict[str, list[float]]:
     """Steps/s of each step function in each of `windows` interleaved windows (so drift in machine load hits every
-    contender alike)."""
+    contender alike). The contenders' order is reversed in every other window, so that neither running first nor
+    running right after another contender favours one of them."""
     rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(windows):
-        for name, step in steps.items():
-            rates[name].append(steps_per_second(step, seconds / windows, device))
+    for window in range(windows):
+        for name in list(steps)[:: 1 if window % 2 == 0 else -1]:
+            rates[name].append(steps_per_second(steps[name], seconds / windows, device))
     return rates
 
 
