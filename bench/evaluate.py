@@ -3,7 +3,8 @@
 - Likelihood models: exact test NLL over the whole test set (bits/dim on images); CNFs add their solver
   settings, number of function evaluations and inverse error. Latent-variable models: ELBO, IWAE_k and the
   ELBO gap; their test NLL is the IWAE bound with the largest k. Flows report an ELBO gap of 0 by construction.
-- Every model's samples: exact W1 and W2 (POT) and sliced W2 against the same number of test points;
+- Every model's samples: exact W1 and W2 (POT; its lazy solver where the dense one would need more than
+  `dense_ot_budget()`) and sliced W2 against the same number of test points;
   2-D: k-NN precision/recall in data space and, for mixtures, mode coverage; images: FID, precision/recall
   (torch-fidelity on the suite's MNIST classifier features) and class coverage.
 - `reference` applies the sample metrics to real data (train vs test, same n): the noise floor every model's
@@ -15,6 +16,7 @@ METRICS) restricts the records to those metrics and skips the computations only 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from bench.train import PROVENANCE, load_model
 from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
-from metrics.wasserstein import exact_wasserstein, sliced_wasserstein
+from metrics.wasserstein import MAX_DENSE_BYTES, dense_bytes, exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
 EVAL_DEFAULTS: dict[str, Any] = {
@@ -159,6 +161,22 @@ def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> l
     return out
 
 
+def dense_ot_budget(environ: dict[str, str] | None = None) -> float:
+    """Bytes exact W may spend on POT's dense solver before it takes the lazy one (as exact, O(n) memory): half the
+    memory this job may use, at most the metric's own 8 GiB. That memory is the machine's, or a SLURM job's
+    allocation where there is one (`--mem`, or `--mem-per-cpu` × `--cpus-per-task`), so that a large n on a
+    cluster computes W instead of getting the job killed for exceeding its allocation."""
+    env = os.environ if environ is None else environ
+    limits = [2 * MAX_DENSE_BYTES]
+    if hasattr(os, "sysconf"):  # POSIX
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if env.get("SLURM_MEM_PER_NODE"):
+        limits.append(int(env["SLURM_MEM_PER_NODE"]) * 2**20)
+    elif env.get("SLURM_MEM_PER_CPU"):
+        limits.append(int(env["SLURM_MEM_PER_CPU"]) * int(env.get("SLURM_CPUS_PER_TASK", 1)) * 2**20)
+    return min(limits) / 2
+
+
 def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, Any],
                    classifier: Path | None) -> list[Record]:
     """Sample-based metrics of `generated` (n samples in data space) against the first n test points."""
@@ -185,8 +203,10 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
             out.append(Record(metric, float(value), n=n, unit=unit, settings={"reference": "test", **settings},
                               wall_time_s=time.perf_counter() - t0))
 
-    run("w1", lambda: exact_wasserstein(gen, real, p=1), solver="POT emd2 exact")
-    run("w2", lambda: exact_wasserstein(gen, real, p=2), solver="POT emd2 exact")
+    budget = dense_ot_budget()
+    solver = "POT emd2 exact" if dense_bytes(n, n) <= budget else "POT emd2_lazy exact"
+    run("w1", lambda: exact_wasserstein(gen, real, p=1, max_dense_bytes=budget), solver=solver)
+    run("w2", lambda: exact_wasserstein(gen, real, p=2, max_dense_bytes=budget), solver=solver)
     run("sliced_w2", lambda: sliced_wasserstein(gen, real, n_projections=s["sliced_projections"], seed=0),
         projections=s["sliced_projections"])
     if ds.kind == "points":

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from bench import datasets
 from bench import evaluate as ev
 from bench.errors import UserError
 from bench.sampling import sample_run
@@ -60,6 +61,32 @@ def test_a_failing_metric_is_recorded_and_the_others_kept(tmp_path, monkeypatch)
     rec = _records(ev.evaluate(run, SMALL_EVAL))
     assert rec["w2"]["status"] == "failed" and "solver exploded" in rec["w2"]["reason"]
     assert rec["sliced_w2"]["status"] == "ok" and rec["test_nll"]["status"] == "ok"
+
+
+def test_dense_ot_budget_is_half_the_jobs_memory_at_most_8_gib():
+    mib, physical = 2**20, ev.dense_ot_budget({})
+    assert 0 < physical <= 8 * 2**30
+    assert ev.dense_ot_budget({"SLURM_MEM_PER_NODE": "6000"}) == min(3000 * mib, physical)
+    assert ev.dense_ot_budget({"SLURM_MEM_PER_CPU": "1000", "SLURM_CPUS_PER_TASK": "3"}) == min(1500 * mib, physical)
+    assert ev.dense_ot_budget({"SLURM_MEM_PER_CPU": "1000"}) == min(500 * mib, physical)
+
+
+def test_exact_w_in_a_small_slurm_allocation_takes_the_lazy_solver_and_the_same_value(monkeypatch):
+    """n = 300 needs 2.9 MB dense: a 4 MB allocation gives a 2 MB budget, so the lazy solver runs, and says so."""
+    ds, settings = datasets.load("ring8"), ev.settings_for({"metrics": ["w1", "w2"]})
+    generated = ds.to_float(ds.train[:300]) + 0.1
+    monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
+    records = {}
+    for mem in (None, "4"):
+        if mem is None:
+            monkeypatch.delenv("SLURM_MEM_PER_NODE", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_MEM_PER_NODE", mem)
+        records[mem] = {r.metric: r for r in ev.sample_records(ds, generated, settings, None)}
+    for metric in ("w1", "w2"):
+        dense, lazy = records[None][metric], records["4"][metric]
+        assert (dense.settings["solver"], lazy.settings["solver"]) == ("POT emd2 exact", "POT emd2_lazy exact")
+        assert lazy.value == pytest.approx(dense.value, rel=1e-9) and dense.value > 0.05
 
 
 def test_diverged_run_gets_a_failed_record(tmp_path):
