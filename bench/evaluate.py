@@ -34,7 +34,7 @@ from bench.train import PROVENANCE, load_model
 from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
-from metrics.wasserstein import MAX_DENSE_BYTES, dense_bytes, exact_wasserstein, sliced_wasserstein
+from metrics.wasserstein import MAX_DENSE_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
 EVAL_DEFAULTS: dict[str, Any] = {
@@ -167,14 +167,14 @@ def dense_ot_budget(environ: dict[str, str] | None = None) -> float:
     allocation where there is one (`--mem`, or `--mem-per-cpu` × `--cpus-per-task`), so that a large n on a
     cluster computes W instead of getting the job killed for exceeding its allocation."""
     env = os.environ if environ is None else environ
-    limits = [2 * MAX_DENSE_BYTES]
+    memory = []  # bytes the job may use, from each source that says
     if hasattr(os, "sysconf"):  # POSIX
-        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        memory.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if env.get("SLURM_MEM_PER_NODE"):
-        limits.append(int(env["SLURM_MEM_PER_NODE"]) * 2**20)
+        memory.append(int(env["SLURM_MEM_PER_NODE"]) * 2**20)
     elif env.get("SLURM_MEM_PER_CPU"):
-        limits.append(int(env["SLURM_MEM_PER_CPU"]) * int(env.get("SLURM_CPUS_PER_TASK", 1)) * 2**20)
-    return min(limits) / 2
+        memory.append(int(env["SLURM_MEM_PER_CPU"]) * int(env.get("SLURM_CPUS_PER_TASK", 1)) * 2**20)
+    return min([MAX_DENSE_BYTES, *(m / 2 for m in memory)])
 
 
 def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, Any],
@@ -204,7 +204,7 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
                               wall_time_s=time.perf_counter() - t0))
 
     budget = dense_ot_budget()
-    solver = "POT emd2 exact" if dense_bytes(n, n) <= budget else "POT emd2_lazy exact"
+    solver = f"POT {exact_solver(n, n, budget)} exact"
     run("w1", lambda: exact_wasserstein(gen, real, p=1, max_dense_bytes=budget), solver=solver)
     run("w2", lambda: exact_wasserstein(gen, real, p=2, max_dense_bytes=budget), solver=solver)
     run("sliced_w2", lambda: sliced_wasserstein(gen, real, n_projections=s["sliced_projections"], seed=0),

@@ -31,10 +31,11 @@ _RESULT = {0: "infeasible problem", 2: "unbounded problem", 3: "iteration cap re
 MAX_DENSE_BYTES = 8 * 2**30
 
 
-def dense_bytes(n: int, m: int) -> int:
-    """Memory POT's dense solver needs for n against m points: about 4·n·m·8 bytes (cost matrix, plan, copies;
-    1.3 GB measured at n = m = 6,000 in 2-D, against 1.15 GB estimated)."""
-    return 4 * n * m * 8
+def exact_solver(n: int, m: int, max_dense_bytes: float = MAX_DENSE_BYTES) -> str:
+    """The POT solver `exact_wasserstein` runs for n against m points: "emd2" (dense) when its memory, about
+    4·n·m·8 bytes (cost matrix, plan, copies; 1.3 GB measured at n = m = 6,000 in 2-D, against 1.15 GB estimated),
+    is at most ``max_dense_bytes``, else "emd2_lazy"."""
+    return "emd2" if 4 * n * m * 8 <= max_dense_bytes else "emd2_lazy"
 
 
 def exact_wasserstein(
@@ -52,8 +53,9 @@ def exact_wasserstein(
     ``ot.emd2``). For n = m the optimal plan is a permutation, so W2² is the mean squared distance of the
     optimal assignment. Inputs with more than 2 axes are flattened per sample.
 
-    The dense solver needs ``dense_bytes(n, m)``; above ``max_dense_bytes`` it switches to ``ot.lp.emd2_lazy``,
-    which computes costs on the fly in O(n + m) memory at about 1.4 times the time (n = 5,000 in 2-D).
+    The dense solver's memory grows as n·m; above ``max_dense_bytes`` (``exact_solver``) it switches to
+    ``ot.lp.emd2_lazy``, which computes costs on the fly in O(n + m) memory at about 1.4 times the time (n = 5,000
+    in 2-D).
     ``num_iter_max`` is POT's ``numItermax``. Raises ``OTNotConvergedError`` unless POT reports
     ``result_code == 1`` (optimal). Single-threaded; ``python -m bench.perf`` times it.
     """
@@ -66,7 +68,7 @@ def exact_wasserstein(
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="numItermax reached")  # we raise our own error below
-        if dense_bytes(n, m) <= max_dense_bytes:
+        if exact_solver(n, m, max_dense_bytes) == "emd2":
             cost, log = ot.emd2(a, b, ot.dist(xs, ys, metric=_METRIC[p]), numItermax=num_iter_max, log=True)
         else:
             cost, log = ot.lp.emd2_lazy(
