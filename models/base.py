@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 CAPABILITIES = frozenset({"log_prob", "sample", "elbo", "iwae"})
 TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # hyper-parameters the training loop reads
@@ -53,12 +54,12 @@ class Method(nn.Module):
         return next(self.parameters()).device
 
     def compile_training(self) -> None:
-        """Replace the methods named in `compiled` (those the training step differentiates, called once per step)
-        by their `torch.compile`d versions (inductor; one graph per batch shape). Opt-in (`training.compile`): the
-        same model and objective, with fused kernels; numbers agree with eager mode to float rounding, and are
-        reproducible on CPU. It pays only where a step is many small operations (reports/perf.md). On a GPU the
-        compiled code also runs as CUDA graphs (mode "reduce-overhead"), since launching a small model's hundreds
-        of kernels one by one takes longer than running them (`_graph_step`)."""
+        """Replace the methods named in `compiled` (what the training step differentiates; each call's backward
+        runs before the next call) by their `torch.compile`d versions (inductor; one graph per batch shape).
+        Opt-in (`training.compile`): the same model and objective, with fused kernels; numbers agree with eager
+        mode to float rounding, and are reproducible on CPU. It pays only where a step is many small operations
+        (reports/perf.md). On a GPU the compiled code also runs as CUDA graphs (mode "reduce-overhead"), since
+        launching a small model's hundreds of kernels one by one takes longer than running them (`_graph_step`)."""
         cuda = self.device.type == "cuda"
         for name in self.compiled:
             fn = torch.compile(getattr(self, name), dynamic=False, mode="reduce-overhead" if cuda else None)
@@ -99,12 +100,12 @@ class Method(nn.Module):
 
 def _graph_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn`, compiled to CUDA graphs, with each call a new graph step: the replay reuses the memory of the previous
-    call's outputs and saved activations, which the previous step's backward has consumed by then. The outputs are
-    returned as copies, since the training loop keeps a log interval's losses until it fetches them."""
+    call's outputs and saved activations, which that call's backward has consumed by then. The outputs are returned
+    as copies, since the training loop keeps a log interval's losses until it fetches them."""
     def call(*args: Any) -> Any:
         torch.compiler.cudagraph_mark_step_begin()
         out = fn(*args)
-        return {k: v.clone() for k, v in out.items()} if isinstance(out, dict) else out.clone()
+        return tree_map_only(torch.Tensor, torch.clone, out)
 
     return call
 

@@ -41,7 +41,7 @@ class GAN(Method):
 
     family = "gan"
     capabilities = frozenset({"sample"})
-    compiled = ()  # alternating updates, no single loss; WGAN-GP's penalty needs double backward
+    compiled = ("critic_update_loss", "generator_objective")  # the differentiated part of each update
     n_critic_default: ClassVar[int] = 1
 
     @classmethod
@@ -64,7 +64,8 @@ class GAN(Method):
         self.latent_dim, w = hparams["latent_dim"], hparams["width"]
         if hparams["n_critic"] < 1 or hparams["batch_size"] < hparams["n_critic"]:
             raise UserError(f"{self.name}: need 1 <= n_critic <= batch_size (the batch is split into n_critic "
-                            f"critic minibatches), got n_critic={hparams['n_critic']}, batch_size={hparams['batch_size']}")
+                            f"critic minibatches), got n_critic={hparams['n_critic']}, "
+                            f"batch_size={hparams['batch_size']}")
         if self.image:
             self.scale = float(dataset.info["levels"] - 1)
             self.generator = ConvDecoder(self.latent_dim, w)
@@ -98,15 +99,24 @@ class GAN(Method):
         pass
 
     # --- the one training step -----------------------------------------------------------------------------
+    def critic_update_loss(self, real: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`critic_loss` of a real chunk against fakes from the noise `z`, generated without gradients."""
+        with torch.no_grad():
+            fake = self.generate(z)
+        return self.critic_loss(real, fake)
+
+    def generator_objective(self, z: torch.Tensor) -> torch.Tensor:
+        """`generator_loss` of the critic's scores of fakes from the noise `z`."""
+        return self.generator_loss(self.discriminator(self.generate(z)))
+
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], step: int) -> Losses:
         opt_d, opt_g = optimizers["d"], optimizers["g"]
         chunks = self.to_model_space(x).tensor_split(self.hparams["n_critic"])
         logs: Losses = {}
         for real in chunks:
-            with torch.no_grad():
-                fake = self.generate(torch.randn(len(real), self.latent_dim, device=real.device))
+            z = torch.randn(len(real), self.latent_dim, device=real.device)
             opt_d.zero_grad(set_to_none=True)
-            d_loss, extra = self.critic_loss(real, fake)
+            d_loss, extra = self.critic_update_loss(real, z)
             d_loss.backward()
             opt_d.step()
             self.after_critic_step()
@@ -115,8 +125,7 @@ class GAN(Method):
         opt_g.zero_grad(set_to_none=True)
         self.discriminator.requires_grad_(False)  # the generator step needs no critic parameter gradients
         try:
-            fake = self.generate(torch.randn(len(chunks[0]), self.latent_dim, device=x.device))
-            g_loss = self.generator_loss(self.discriminator(fake))
+            g_loss = self.generator_objective(torch.randn(len(chunks[0]), self.latent_dim, device=x.device))
             g_loss.backward()
         finally:
             self.discriminator.requires_grad_(True)
@@ -129,8 +138,8 @@ class _Adam:
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-
-        return {name: adam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), weight_decay=hp["weight_decay"])
+        return {name: adam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                           weight_decay=hp["weight_decay"])
                 for name, net in (("d", self.discriminator), ("g", self.generator))}
 
 
@@ -186,6 +195,8 @@ class WGANGP(_Adam, WGAN):
     """WGAN with gradient penalty λ = 10 instead of clipping: Adam 1e-4, β = (0.5, 0.9), n_critic 5
     (Gulrajani et al. 2017, their gan_toy.py / gan_mnist.py settings)."""
 
+    compiled = ()  # the penalty's double backward is beyond torch.compile's autograd
+
     @classmethod
     def optimizer_defaults(cls) -> dict[str, Any]:
         return {"lr": 1e-4, "beta1": 0.5, "beta2": 0.9, "gp_weight": 10.0, "weight_decay": 0.0}
@@ -220,7 +231,8 @@ class _VAEInit:
         mismatch = {k: (vae.hparams.get(k), self.hparams[k]) for k in ("latent_dim", "width")
                     if vae.hparams.get(k) != self.hparams[k]}
         if mismatch or not isinstance(vae.decoder, ConvDecoder):
-            detail = ", ".join(f"{k}: vae {a} vs {self.name} {b}" for k, (a, b) in mismatch.items()) or "not a conv decoder"
+            detail = (", ".join(f"{k}: vae {a} vs {self.name} {b}" for k, (a, b) in mismatch.items())
+                      or "not a conv decoder")
             raise UserError(f"{self.name} loads the VAE decoder into its generator, but the trained VAE's decoder does "
                             f"not fit ({detail}); train the VAE with the same latent_dim and width as the GAN")
         self.generator.load_state_dict(vae.decoder.state_dict())

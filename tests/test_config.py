@@ -35,7 +35,7 @@ def test_default_config_is_valid():
     ({**GOOD, "training": {"compile": ["otflow"]}}, "training.compile names method 'otflow', which is not in `methods`"),
     ({**GOOD, "methods": ["ffjord"], "training": {"compile": ["ffjord"]}},
      ("training.compile: method 'ffjord' cannot train compiled (nothing in its step to compile; see its `compiled`); "
-      "methods that can: otflow, realnvp, vae")),
+      "methods that can: dcgan, dcgan-vaeinit, otflow, realnvp, vae, wgan, wgan-vaeinit")),
     ({**GOOD, "evaluation": {"metrics": ["fidd"]}},
      "evaluation.metrics: unknown metric 'fidd'; valid metrics: test_nll, test_bpd, elbo, iwae_k, elbo_gap,"),
     ({**GOOD, "evaluation": {"n_samples": {"points": 20000}}},
@@ -85,8 +85,8 @@ NOT_MNIST_MD5 = hashlib.md5(NOT_MNIST).hexdigest()
      "hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
     ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--loop", json.dumps({"retry_diverged": "yes"})], {},
      "training-loop setting retry_diverged='yes' is invalid; valid: log_every,"),
-    ([*TRAIN, "--method", "wgan", "--dataset", "moons", "--loop", json.dumps({"compile": True})], {},
-     "method 'wgan' cannot train compiled (nothing in its step to compile; see its `compiled`); methods that can:"),
+    ([*TRAIN, "--method", "wgan-gp", "--dataset", "moons", "--loop", json.dumps({"compile": True})], {},
+     "method 'wgan-gp' cannot train compiled (nothing in its step to compile; see its `compiled`); methods that can:"),
     (MNIST, {}, "MNIST file train-images-idx3-ubyte not found in {tmp}/data/MNIST/raw (plain or .gz); set "
                 "DGMBENCH_DATA_ROOT (or `data_root` in the config) to a folder holding MNIST/raw, or run "
                 "`dgmbench download mnist --data-root {tmp}/data`"),

@@ -66,16 +66,19 @@ def test_a_run_on_the_gpu_reports_the_nll_a_cpu_evaluation_of_its_weights_report
     assert on_gpu["train"]["machine"]["device"] == "cuda"
 
 
-@pytest.mark.parametrize("method", ["realnvp", "otflow"])  # compiled: `loss` and `loss_terms` (a dict)
+# compiled: `loss`, `loss_terms` (a dict), and a GAN's two update losses (one a tuple), WGAN's five critic updates
+@pytest.mark.parametrize("method", ["realnvp", "otflow", "dcgan", "wgan"])
 def test_compiled_training_on_the_gpu_runs_cuda_graphs_that_train_as_eager_mode_does(method, tmp_path):
-    """`training.compile` on a GPU (CUDA graphs) trains the model eager mode trains: moons runs without random draws
-    log losses equal to float rounding. The loop holds three steps' losses before it reads them, so a loss left in
-    graph memory, which the next replay overwrites, would fail the run."""
+    """`training.compile` on a GPU (CUDA graphs) trains the model eager mode trains: moons runs whose random draws
+    (the GANs' noise) happen outside the compiled code log losses equal to float rounding. The loop holds three
+    steps' losses before it reads them, so a loss left in graph memory, which the next replay overwrites, would fail
+    the run."""
     def losses(name, **loop):
         spec = RunSpec.build(method, "moons", 0, {"steps": 12}, device="cuda",
                              loop={"log_every": 3, "val_every": 6, **loop})
         assert train(spec, tmp_path / name, progress=False)["status"] == "ok"
-        return [row["loss"] for row in load_checkpoint(tmp_path / name / CHECKPOINT)["log"]]
+        return [v for row in load_checkpoint(tmp_path / name / CHECKPOINT)["log"] for k, v in row.items()
+                if k.endswith("loss") and v is not None]
 
     eager, compiled = losses("eager"), losses("compiled", compile=True)
-    assert len(compiled) == 4 and compiled == pytest.approx(eager, rel=1e-4)
+    assert len(compiled) >= 4 and compiled == pytest.approx(eager, rel=1e-4, abs=1e-7)

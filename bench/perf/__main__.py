@@ -176,8 +176,8 @@ SECTIONS = [
       "median of the per-window ratios (listed for the suite; when the machine's speed drifts between windows it "
       "differs from the ratio of the medians).\n\n"
       "`compiled`: the same step with `training.compile` (torch.compile of the method's objective, on a GPU "
-      "as CUDA graphs; FFJORD and the GANs have none), timed alike after its first step, which compiles (`compile s`; inductor's cache "
-      "starts empty in each harness run)."),
+      "as CUDA graphs; FFJORD and WGAN-GP have none), timed alike after its first step, which compiles "
+      "(`compile s`; inductor's cache starts empty in each harness run)."),
      [("dataset", "dataset"), ("method", "name"), ("threads", "threads"), ("batch", "batch"),
       *zip(["suite steps/s", "suite samples/s", "reference steps/s", "ratio", "ratio per window", "compiled steps/s",
             "compiled ratio", "compile s"], TRAINING, strict=True)]),
