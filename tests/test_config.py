@@ -9,6 +9,7 @@ import time
 import pytest
 import yaml
 
+import models
 from bench import config
 from bench.errors import UserError
 
@@ -19,6 +20,13 @@ def test_default_config_is_valid():
     cfg = config.load(config.SCHEMA.parent / "default.yaml")
     runs, skipped = config.grid(cfg)
     assert ("moons", "realnvp", 0) in runs and ("moons", "realnvp", 1) in runs
+
+
+def test_the_paper_config_is_valid_and_compiles_every_method_that_can_be():
+    cfg = config.load(config.SCHEMA.parent / "paper.yaml")
+    assert cfg["device"] == "cuda" and cfg["training"]["compile"]
+    assert all(config.loop(cfg, m).get("compile") is True for m in cfg["methods"] if models.get(m).compiled)
+    assert not any(config.loop(cfg, m).get("compile") for m in ("ffjord", "wgan-gp"))
 
 
 @pytest.mark.parametrize("bad, message", [
