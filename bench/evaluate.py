@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -34,7 +35,12 @@ from bench.train import PROVENANCE, load_model
 from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
-from metrics.wasserstein import MAX_DENSE_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
+from metrics.wasserstein import (
+    MAX_DENSE_BYTES,
+    exact_solver,
+    exact_wasserstein,
+    sliced_wasserstein,
+)
 
 METRICS_FILE = "metrics.json"
 EVAL_DEFAULTS: dict[str, Any] = {
@@ -146,7 +152,7 @@ def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> l
         if not wanted(s, "iwae_k"):
             ks = ks[-1:] if wanted(s, "test_nll", "test_bpd", "elbo_gap") else []
         for k in ks:
-            iw = _batched(lambda b: model.iwae(b, k), x, max(1, s["batch_size"] // k), dev)
+            iw = _batched(lambda b, k=k: model.iwae(b, k), x, max(1, s["batch_size"] // k), dev)
             out.append(_mean_record(f"iwae_k{k}", iw, "nats", k=k))
         if need_nll:
             nll = _mean_record("test_nll", -iw, "nats", estimator=f"IWAE k={k} (upper bound on the NLL)", k=k)
@@ -161,15 +167,47 @@ def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> l
     return out
 
 
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup"),
+                        membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The smallest memory limit, in bytes, on this process's cgroup or any cgroup above it: `memory.max` (cgroup v2)
+    or `memory.limit_in_bytes` (v1, under `root`/memory), where a container or a scheduler confines the job
+    without saying so in its environment. None where no limit is set or none can be read (e.g. not Linux)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:  # "hierarchy-id:controllers:path"; v2's controllers field is empty
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        group = Path(path.lstrip("/"))
+        for folder in (group, *group.parents):
+            try:
+                text = (base / folder / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit():  # v2 writes "max" where there is no limit
+                limits.append(int(text))
+    return min(limits, default=None)
+
+
 def dense_ot_budget(environ: dict[str, str] | None = None) -> float:
     """Bytes exact W may spend on POT's dense solver before it takes the lazy one (as exact, O(n) memory): half the
-    memory this job may use, at most the metric's own 8 GiB. That memory is the machine's, or a SLURM job's
-    allocation where there is one (`--mem`, or `--mem-per-cpu` × `--cpus-per-task`), so that a large n on a
-    cluster computes W instead of getting the job killed for exceeding its allocation."""
+    memory this job may use, at most the metric's own 8 GiB. That memory is the least of the machine's, its cgroup
+    limit (`cgroup_memory_limit`), and a SLURM job's allocation where there is one (`--mem`, or `--mem-per-cpu` ×
+    `--cpus-per-task`), so that a large n in a container or on a cluster computes W instead of getting the job
+    killed for exceeding its memory."""
     env = os.environ if environ is None else environ
     memory = []  # bytes the job may use, from each source that says
     if hasattr(os, "sysconf"):  # POSIX
         memory.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if (limit := cgroup_memory_limit()) is not None:
+        memory.append(limit)
     if env.get("SLURM_MEM_PER_NODE"):
         memory.append(int(env["SLURM_MEM_PER_NODE"]) * 2**20)
     elif env.get("SLURM_MEM_PER_CPU"):
@@ -231,13 +269,13 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
         tf = shared(tf_metrics, lambda: torch_fidelity_metrics(generated, real_data, extractor_name=name,
                                                                 weights_path=classifier))
         for key in tf_metrics if tf is not None else ():
-            run(key, lambda: tf[key], extractor=name, classifier_test_accuracy=accuracy, via="torch-fidelity")
+            run(key, lambda key=key: tf[key], extractor=name, classifier_test_accuracy=accuracy, via="torch-fidelity")
         if s["inception_weights"]:
             run("fid_inception", lambda: torch_fidelity_metrics(generated, real_data, prc=False,
                                                                 weights_path=s["inception_weights"])["fid"],
                 extractor="inception-v3-compat", weights=str(s["inception_weights"]), via="torch-fidelity")
-        classes = shared(("classes_covered", "class_kl"), lambda: class_coverage(
-            _batched(load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
+        classes = shared(("classes_covered", "class_kl"), lambda: class_coverage(_batched(
+            load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
         if classes is not None:
             run("classes_covered", lambda: classes.classes_covered, of=10, classifier=name)
             run("class_kl", lambda: classes.kl_to_uniform, "nats", classifier=name)

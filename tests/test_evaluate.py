@@ -71,6 +71,30 @@ def test_dense_ot_budget_is_half_the_jobs_memory_at_most_8_gib():
     assert ev.dense_ot_budget({"SLURM_MEM_PER_CPU": "1000"}) == min(500 * mib, physical)
 
 
+def test_the_cgroup_memory_limit_is_the_least_on_the_process_cgroup_and_above(tmp_path, monkeypatch):
+    """v1 (memory controller's own hierarchy) and v2 (unified, "max" where unlimited): the job's limit may sit on
+    a parent of the process's cgroup (SLURM's job_N above step_0). Unreadable membership or no limit: None."""
+    def tree(membership, files):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text + "\n")
+        (root / "cgroup").write_text(membership)
+        return {"root": root, "membership": root / "cgroup"}
+
+    v1 = tree("5:cpu,cpuacct:/\n4:memory:/slurm/job_7/step_0\n", {
+        "memory/memory.limit_in_bytes": "9223372036854771712", "memory/slurm/job_7/memory.limit_in_bytes": "3000000000",
+        "memory/slurm/job_7/step_0/memory.limit_in_bytes": "9223372036854771712"})
+    v2 = tree("0::/slurm/job_7/step_0\n", {"slurm/job_7/memory.max": "2147483648",
+                                             "slurm/job_7/step_0/memory.max": "max"})
+    unlimited = tree("0::/user.slice\n", {"user.slice/memory.max": "max"})
+    assert ev.cgroup_memory_limit(**v1) == 3_000_000_000 and ev.cgroup_memory_limit(**v2) == 2**31
+    assert ev.cgroup_memory_limit(**unlimited) is None
+    assert ev.cgroup_memory_limit(tmp_path, tmp_path / "missing") is None
+    monkeypatch.setattr(ev, "cgroup_memory_limit", lambda: 4 * 2**20)
+    assert ev.dense_ot_budget({}) == 2 * 2**20
+
+
 def test_exact_w_in_a_small_slurm_allocation_takes_the_lazy_solver_and_the_same_value(monkeypatch):
     """n = 300 needs 2.9 MB dense: a 4 MB allocation gives a 2 MB budget, so the lazy solver runs, and says so."""
     ds, settings = datasets.load("ring8"), ev.settings_for({"metrics": ["w1", "w2"]})
@@ -169,7 +193,8 @@ def test_selected_metrics_are_the_only_ones_computed(tmp_path, monkeypatch):
 
 
 def test_unknown_metric_names_the_valid_ones():
-    with pytest.raises(UserError, match=r"unknown metric 'fidd'; valid metrics: test_nll, test_bpd, .*, samples_per_s$"):
+    with pytest.raises(UserError,
+                       match=r"unknown metric 'fidd'; valid metrics: test_nll, test_bpd, .*, samples_per_s$"):
         ev.settings_for({"metrics": ["w2", "fidd"]})
 
 
