@@ -35,12 +35,7 @@ from bench.train import PROVENANCE, load_model
 from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
-from metrics.wasserstein import (
-    MAX_DENSE_BYTES,
-    exact_solver,
-    exact_wasserstein,
-    sliced_wasserstein,
-)
+from metrics.wasserstein import MAX_DENSE_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
 EVAL_DEFAULTS: dict[str, Any] = {

@@ -6,13 +6,14 @@ weights reports.
 """
 import pytest
 import torch
+from conftest import mnist_available
 
 import models
 from bench import datasets
 from bench.evaluate import evaluate
+from bench.perf.training import suite_step
 from bench.sampling import sample_run
-from bench.train import CHECKPOINT, EpochSampler, RunSpec, load_checkpoint, train
-from conftest import mnist_available
+from bench.train import CHECKPOINT, RunSpec, load_checkpoint, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,20 +25,18 @@ DATASETS = ["moons", "mnist"] if mnist_available() else ["moons"]
 @pytest.mark.parametrize(("dataset", "method"), [(d, m) for d in DATASETS for m in models.available()
                                                  if m != "ffjord" and d not in models.get(m).unsupported])
 def test_a_training_step_on_the_gpu_never_waits_for_the_device(dataset, method):
-    """Steps at the method's default size, drawn as the training loop draws them, under CUDA's sync debug mode
-    "error": a `.item()`, a copy to or from pageable host memory, a boolean-mask index or any other operation that
-    blocks the host raises. The warm-up steps hold the epoch's one permutation copy and the optimizers' state."""
-    ds = datasets.load(dataset)
-    model = models.get(method)(ds, models.resolve_hparams(method, dataset)).to(CUDA)
-    optimizers, train_x = model.configure_optimizers(), ds.train.to(CUDA)
-    sampler = EpochSampler(len(train_x), model.hparams["batch_size"], seed=0, device=CUDA)
-    for step in range(2):
-        model.train_step(sampler.batch(ds, train_x, step), optimizers, step)
+    """Steps at the method's default size, drawn as the training loop draws them (the harness's `suite_step`),
+    under CUDA's sync debug mode "error": a `.item()`, a copy to or from pageable host memory, a boolean-mask index
+    or any other operation that blocks the host raises. The warm-up steps hold the epoch's one permutation copy and
+    the optimizers' state."""
+    step, _ = suite_step(method, datasets.load(dataset), CUDA)
+    for _ in range(2):
+        step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for step in range(2, 5):
-            losses = model.train_step(sampler.batch(ds, train_x, step), optimizers, step)
+        for _ in range(3):
+            losses = step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(v.device.type == "cuda" for v in losses.values())

@@ -5,6 +5,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,14 +13,15 @@ import models
 from bench import datasets
 from bench.perf.reference import REFERENCES
 from bench.train import EpochSampler
+from models.base import Losses
 
-Step = Callable[[], None]
+Step = Callable[[], Any]  # what a step returns (the suite's: its losses) is not timed
 
 
 def suite_step(method: str, ds: datasets.Dataset, device: torch.device, compile: bool = False) -> tuple[Step, int]:
     """One step of the suite's training loop at the method's default size: the minibatch drawn from the in-memory
     training set exactly as `bench.train.train` draws it, then `train_step` (compiled as `training.compile` does
-    it if `compile`; the first call then compiles). Returns (step, batch size)."""
+    it if `compile`; the first call then compiles), returning its losses. Returns (step, batch size)."""
     torch.manual_seed(0)
     model = models.get(method)(ds, models.resolve_hparams(method, ds.name)).to(device)
     if compile:
@@ -28,9 +30,9 @@ def suite_step(method: str, ds: datasets.Dataset, device: torch.device, compile:
     train_x = ds.train.to(device)
     sampler, counter = EpochSampler(len(train_x), batch_size, seed=0, device=device), iter(range(1 << 62))
 
-    def step() -> None:
+    def step() -> Losses:
         i = next(counter)
-        model.train_step(sampler.batch(ds, train_x, i), optimizers, i)
+        return model.train_step(sampler.batch(ds, train_x, i), optimizers, i)
 
     return step, batch_size
 
