@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -56,9 +57,11 @@ def collect(paths: Iterable[Path]) -> pd.DataFrame:
             "retry_seed": train.get("status", {}).get("retry", {}).get("seed"),  # set when a diverged run was retried
             "git_commit": machine["git"]["commit"], "git_dirty": machine["git"]["dirty"],
             "config_hash": train["config_hash"], "config": json.dumps(train["spec"], sort_keys=True),
-            "data_fingerprint": train["data"]["fingerprint"], "packages": json.dumps(machine["packages"], sort_keys=True),
+            "data_fingerprint": train["data"]["fingerprint"],
+            "packages": json.dumps(machine["packages"], sort_keys=True),
             "device": machine["device"], "train_wall_time_s": train["train_wall_time_s"],
-            "slurm_job_train": machine["slurm_job_id"], "slurm_job_evaluate": m["evaluation"]["machine"]["slurm_job_id"],
+            "slurm_job_train": machine["slurm_job_id"],
+            "slurm_job_evaluate": m["evaluation"]["machine"]["slurm_job_id"],
         }
         records = [{k: rec[k] for k in ("metric", "value", "stderr", "n", "unit", "status", "reason")}
                    for rec in m["records"]]

@@ -74,7 +74,8 @@ def _check_names(cfg: dict[str, Any]) -> None:
     for key, deltas in cfg["hparams"].items():
         method, _, dataset = key.partition("@")
         if method not in cfg["methods"]:
-            raise UserError(f"hparams.{key} names method {method!r}, which is not in `methods` ({', '.join(cfg['methods'])})")
+            raise UserError(f"hparams.{key} names method {method!r}, which is not in `methods` "
+                            f"({', '.join(cfg['methods'])})")
         for ds in [dataset] if dataset else cfg["datasets"]:
             if not models.get(method).unsupported.get(ds):
                 try:

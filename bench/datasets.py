@@ -12,9 +12,9 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, cache
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -230,6 +230,6 @@ def load(name: str, data_root: str | Path | None = None) -> Dataset:
     return _cached_toy(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_toy(name: str) -> Dataset:
     return TOY_DATASETS[name]()

@@ -53,7 +53,7 @@ def run_figure(run_dir: Path, out: Path) -> None:
         panels = ["samples"] + (["density"] if "log_prob" in model.capabilities else []) \
             + (["latent"] if hasattr(model, "inverse") else [])
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
-        for ax, panel in zip(axes[0], panels):
+        for ax, panel in zip(axes[0], panels, strict=True):
             if panel == "samples":
                 ax.scatter(test[:, 0], test[:, 1], s=1, c="0.7", label="test data")
                 ax.scatter(samples[:, 0], samples[:, 1], s=1, c="C3", label="samples")

@@ -56,10 +56,10 @@ def training_curves(logs: dict[str, dict[int, Path]], dataset: str, out: Path) -
         return None
     ncols = max(len(cs) for cs in columns.values())
     fig, axes = plt.subplots(len(columns), ncols, figsize=(3.6 * ncols, 2.6 * len(columns)), squeeze=False)
-    for row, (method, cols) in zip(axes, columns.items()):
+    for row, (method, cols) in zip(axes, columns.items(), strict=True):
         for ax in row[len(cols):]:
             ax.set_axis_off()
-        for j, (ax, col) in enumerate(zip(row, cols)):
+        for j, (ax, col) in enumerate(zip(row, cols, strict=False)):
             seen = []
             for k, (seed, t) in enumerate(sorted(tables[method].items())):
                 if col in t:
@@ -85,7 +85,7 @@ def metric_distributions(values: pd.DataFrame, methods: list[str], metrics: list
     if not panels:
         return None
     fig, axes = _grid(len(panels), 4, (3.4, 3.0))
-    for ax, (metric, label, scale) in zip(axes.flat, panels):
+    for ax, (metric, label, scale) in zip(axes.flat, panels, strict=False):
         sub = values[values.metric == metric]
         shown = [m for m in methods if (sub.method == m).any()]
         data = [sub[sub.method == m].value.to_numpy(float) * scale for m in shown]
@@ -117,7 +117,7 @@ def cost_quality(datasets: dict[str, tuple[str, list[Point], float | None]], out
     if not datasets:
         return None
     fig, axes = _grid(len(datasets), 3, (4.2, 3.4))
-    for ax, (dataset, (label, points, floor)) in zip(axes.flat, datasets.items()):
+    for ax, (dataset, (label, points, floor)) in zip(axes.flat, datasets.items(), strict=False):
         for k, p in enumerate(points):
             ax.errorbar(p.time, p.quality, xerr=np.nan_to_num(p.time_hw), yerr=np.nan_to_num(p.quality_hw), fmt="o",
                         ms=5, capsize=2, color=f"C{k % 10}", label=p.method)
@@ -144,7 +144,7 @@ def sample_panel(images: list[tuple[str, Path]], title: str, out: Path) -> Path 
     ncols = 1 if aspect > 1.8 else 3
     width = 10.0 / min(ncols, len(pictures))
     fig, axes = _grid(len(pictures), ncols, (width, width / aspect + 0.3))
-    for ax, (name, picture) in zip(axes.flat, pictures):
+    for ax, (name, picture) in zip(axes.flat, pictures, strict=False):
         ax.imshow(picture)
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -224,7 +224,7 @@ def rank_frame(df: pd.DataFrame) -> pd.DataFrame:
         wide = g.pivot(index="method", columns="seed", values="value").reindex(index=methods, columns=seeds)
         losses = stats.loss_values(metric, wide.to_numpy())
         of_mean = rankdata(np.nanmean(losses, axis=1), method="average")
-        for method, r, rm in zip(methods, stats.rank_summaries(losses), of_mean):
+        for method, r, rm in zip(methods, stats.rank_summaries(losses), of_mean, strict=True):
             rows.append({"dataset": dataset, "metric": metric, "method": method, "rank_of_mean": float(rm),
                          "mean_rank": r.mean, "min_rank": r.low, "max_rank": r.high, "n_seeds": len(seeds),
                          "per_seed_ranks": ";".join(f"{v:g}" for v in r.per_seed)})
@@ -599,7 +599,7 @@ def _quality_evidence(res: Results, family: str) -> list[str]:
         metric = _quality_metric(res, dataset)
         floor = res.ok(dataset, FLOOR, metric)
 
-        def describe(row: pd.Series) -> str:
+        def describe(row: pd.Series, floor: pd.Series | None = floor) -> str:
             ratio = f" = {row['mean'] / floor['mean']:.1f} × floor" if floor is not None and floor["mean"] else ""
             return res.value_text(row) + ratio
 
@@ -668,7 +668,7 @@ def _dataset_figures(res: Results, dataset: str, runs_dir: Path, out_dir: Path) 
     floors = {c.metric: r["mean"] for c in cols if (r := res.ok(dataset, FLOOR, c.metric)) is not None}
     panels = [p for m in methods if (p := _run_figure(out_dir, dataset, m, seeds[m]))]
     drawn = [
-        (plots.training_curves({m: l for m, l in logs.items() if l}, dataset, fig_dir / f"curves_{dataset}.png"),
+        (plots.training_curves({m: log for m, log in logs.items() if log}, dataset, fig_dir / f"curves_{dataset}.png"),
          f"{dataset}: training curves (every logged loss; one line per seed, dashed: validation loss)."),
         (plots.metric_distributions(good[good.method != FLOOR], methods, [(c.metric, c.header(), c.scale)
                                     for c in cols], floors, fig_dir / f"distributions_{dataset}.png"),

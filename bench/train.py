@@ -71,7 +71,7 @@ class RunSpec:
 
     @classmethod
     def build(cls, method: str, dataset: str, seed: int, overrides: dict[str, Any] | None = None,
-              **kwargs: Any) -> "RunSpec":
+              **kwargs: Any) -> RunSpec:
         """Validate names and hyper-parameters (a UserError before any compute) and resolve defaults."""
         datasets.check_name(dataset)
         hp = models.resolve_hparams(method, dataset, overrides)
@@ -162,7 +162,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for truncated/corrupt zip archives
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it and retrain") from None
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+                        "delete it and retrain") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
         raise UserError(f"checkpoint {path} was not written by dgmbench's training loop; delete it and retrain")
     return ckpt
@@ -336,7 +337,7 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
         if diverged is None:
             save_torch(resume_path, state(done, {"status": "running"}))
             raise SystemExit(f"dgmbench: {exc} received; progress saved to {resume_path} (step {done}), "
-                             "re-run to resume")
+                             "re-run to resume") from None
         status = diverged
     except (UserError, MemoryError, torch.OutOfMemoryError, OSError):
         raise  # bad input is the user's to fix; out of memory or a failed write (full disk) fails the job

@@ -36,7 +36,8 @@ def _psd_eigh(matrix: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     vals, vecs = np.linalg.eigh((matrix + matrix.T) / 2)
     scale = np.abs(vals).max(initial=0.0)
     if vals.min(initial=0.0) < -_PSD_TOL * scale:
-        raise ValueError(f"{what} is not positive semi-definite (eigenvalue {vals.min():.3g}); pass covariance matrices")
+        raise ValueError(f"{what} is not positive semi-definite (eigenvalue {vals.min():.3g}); "
+                         "pass covariance matrices")
     return np.where(vals > vals.size * np.finfo(np.float64).eps * scale, vals, 0.0), vecs
 
 
@@ -52,7 +53,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """
     m1, m2, s1, s2 = (as_float64(v) for v in (mu1, mu2, sigma1, sigma2))
     if m1.ndim != 1 or m1.shape != m2.shape or s1.shape != (m1.size, m1.size) or s2.shape != s1.shape:
-        raise ValueError(f"expected means (d,) and covariances (d, d); got {m1.shape}, {s1.shape}, {m2.shape}, {s2.shape}")
+        raise ValueError("expected means (d,) and covariances (d, d); "
+                         f"got {m1.shape}, {s1.shape}, {m2.shape}, {s2.shape}")
     if not all(np.isfinite(v).all() for v in (m1, m2, s1, s2)):
         raise ValueError("frechet_distance got non-finite means or covariances (NaN/inf in the features?)")
     vals1, vecs1 = _psd_eigh(s1, "sigma1")

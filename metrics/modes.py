@@ -55,7 +55,8 @@ def kl_to_uniform(counts) -> float:
     return float(np.sum(p * np.log(p * c.size)))
 
 
-def mixture_mode_coverage(samples, centers, std: float, threshold: float = 3.0, chunk_size: int = 65536) -> ModeCoverage:
+def mixture_mode_coverage(samples, centers, std: float, threshold: float = 3.0,
+                          chunk_size: int = 65536) -> ModeCoverage:
     """Mode coverage of ``samples`` (N×d) on an isotropic mixture with ``centers`` (K×d) and component ``std``.
 
     High quality: ``min_k ‖x − c_k‖ ≤ threshold · std``. ``modes_covered`` counts modes that are the nearest

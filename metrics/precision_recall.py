@@ -30,7 +30,8 @@ def _to_tensor(x) -> torch.Tensor:
 
 def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Euclidean distances; the exact (non-matmul) kernel is both faster and more accurate in low dimension."""
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist" if a.shape[1] <= 8 else "use_mm_for_euclid_dist")
+    mode = "donot_use_mm_for_euclid_dist" if a.shape[1] <= 8 else "use_mm_for_euclid_dist"
+    return torch.cdist(a, b, compute_mode=mode)
 
 
 def _knn_radii(points: torch.Tensor, k: int, chunk_size: int) -> torch.Tensor:

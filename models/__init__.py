@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from bench.errors import UserError
 
@@ -77,7 +78,8 @@ def resolve_hparams(name: str, dataset: str, overrides: dict[str, Any] | None = 
     hp = cls.defaults(dataset)
     bad = sorted(set(overrides or {}) - set(hp))
     if bad:
-        raise UserError(f"unknown hyper-parameter(s) {', '.join(bad)} for method {name!r}; valid: {', '.join(sorted(hp))}")
+        raise UserError(f"unknown hyper-parameter(s) {', '.join(bad)} for method {name!r}; "
+                        f"valid: {', '.join(sorted(hp))}")
     hp = {**hp, **(overrides or {})}
     for key in ("steps", "batch_size"):  # what the training loop counts with
         if not isinstance(hp[key], int) or hp[key] < 1:

@@ -74,7 +74,7 @@ class TimeMLP(nn.Module):
             raise ValueError(f"layer_type must be one of {sorted(LAYERS)} and activation one of "
                              f"{sorted(ACTIVATIONS)}, got {layer_type!r}, {activation!r}")
         sizes = [d, *hidden, d]
-        self.layers = nn.ModuleList(LAYERS[layer_type](a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(LAYERS[layer_type](a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.act = ACTIVATIONS[activation]
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,8 @@ class OneChannelConv2d(nn.Conv2d):
 
 
 class ConvEncoder(nn.Sequential):
-    """x (N×1×28×28) → N×out_dim: Conv(1→w,4,2,1) → act → Conv(w→2w,4,2,1) → act → flatten → Linear(2w·7·7 → out_dim)."""
+    """x (N×1×28×28) → N×out_dim:
+    Conv(1→w,4,2,1) → act → Conv(w→2w,4,2,1) → act → flatten → Linear(2w·7·7 → out_dim)."""
 
     def __init__(self, width: int, out_dim: int, activation: type[nn.Module] = nn.ReLU) -> None:
         side = IMAGE_SIDE // 4

@@ -36,7 +36,7 @@ class _STNets(nn.Module):
     def __init__(self, n_in: int, width: int, n_out: int) -> None:
         super().__init__()
         sizes = [n_in, width, width, n_out]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), 1):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), 1):
             bound = 1 / math.sqrt(a)  # nn.Linear's default initialization, weight and bias alike
             setattr(self, f"w{i}", nn.Parameter(torch.empty(2, a, b).uniform_(-bound, bound)))
             setattr(self, f"b{i}", nn.Parameter(torch.empty(2, 1, b).uniform_(-bound, bound)))
@@ -71,7 +71,8 @@ class RealNVP(Method):
         self.image = len(self.data_shape) > 1
         d, w = math.prod(self.data_shape), hparams["width"]
         if self.image:  # checkerboard halves of the pixel grid
-            rows, cols = torch.meshgrid(torch.arange(self.data_shape[-2]), torch.arange(self.data_shape[-1]), indexing="ij")
+            rows, cols = torch.meshgrid(torch.arange(self.data_shape[-2]), torch.arange(self.data_shape[-1]),
+                                        indexing="ij")
             first = ((rows + cols) % 2 == 0).flatten()
         else:
             first = torch.arange(d) < d // 2

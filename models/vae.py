@@ -52,7 +52,8 @@ class VAE(Method):
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
         if dataset in ("mnist", "binarized_mnist"):
-            return {"latent_dim": 2, "width": 32, "decoder": "bernoulli" if dataset == "binarized_mnist" else "gaussian",
+            decoder = "bernoulli" if dataset == "binarized_mnist" else "gaussian"
+            return {"latent_dim": 2, "width": 32, "decoder": decoder,
                     "logit_alpha": 0.05, "sample_mode": "mean", "steps": STEPS_50_EPOCHS, "batch_size": 64,
                     "lr": 1e-3, "weight_decay": 1e-5}
         return {"latent_dim": 2, "width": 128, "hidden_layers": 2, "decoder": "gaussian", "sample_mode": "full",

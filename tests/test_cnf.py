@@ -85,7 +85,8 @@ def test_otflow_analytic_gradient_and_hessian_trace_match_autograd(d, m, chunk, 
 
 def test_otflow_activation_is_log_cosh_with_tanh_derivative():
     """σ(u) = softplus(2u) − u against log(eᵘ + e⁻ᵘ) = logaddexp(u, −u) and σ' = tanh, past softplus's threshold."""
-    u = torch.cat([torch.linspace(-60, 60, 2001, dtype=torch.float64), torch.tensor([0.0, 1e-8, -1e-8], dtype=torch.float64)])
+    u = torch.cat([torch.linspace(-60, 60, 2001, dtype=torch.float64),
+                   torch.tensor([0.0, 1e-8, -1e-8], dtype=torch.float64)])
     u.requires_grad_(True)
     sigma = _act(u)
     torch.testing.assert_close(sigma, torch.logaddexp(u, -u), rtol=1e-15, atol=1e-15)

@@ -60,7 +60,8 @@ def test_short_runs_through_the_training_loop_give_finite_losses(tmp_path):
         status = train(spec, tmp_path / name, progress=False)
         assert status == {"status": "ok"}, status
         row = _last_row(tmp_path / name)
-        keys = {"d_loss", "g_loss"} | ({"wasserstein"} if "wgan" in name else set()) | ({"gp"} if name == "wgan-gp" else set())
+        keys = ({"d_loss", "g_loss"} | ({"wasserstein"} if "wgan" in name else set())
+                | ({"gp"} if name == "wgan-gp" else set()))
         assert keys <= set(row) and all(math.isfinite(float(row[k])) for k in keys), row
 
 

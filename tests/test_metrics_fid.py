@@ -97,7 +97,8 @@ def _save_weights(path, seed):
 
 @pytest.fixture(scope="module")
 def images():
-    """Two overlapping but distinguishable sets: smooth blobs (uint8 'real') and noisier, darker floats ('generated')."""
+    """Two overlapping but distinguishable sets: smooth blobs (uint8 'real') and noisier, darker floats
+    ('generated')."""
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
     centres = 8 + 12 * torch.rand(500, 2, generator=g)

@@ -26,7 +26,8 @@ def test_matches_bruteforce(k):
     res = knn_precision_recall(real, generated, k=k, chunk_size=37)
     precision, recall = _bruteforce(real, generated, k)
     assert 0 < precision < 1 and 0 < recall < 1 and precision != recall  # non-trivial; a swap would be caught
-    assert (res.precision, res.recall, res.k) == (pytest.approx(precision, abs=1e-12), pytest.approx(recall, abs=1e-12), k)
+    assert (res.precision, res.recall, res.k) == (pytest.approx(precision, abs=1e-12),
+                                                  pytest.approx(recall, abs=1e-12), k)
 
 
 def test_matches_bruteforce_in_high_dimension_with_torch_inputs():

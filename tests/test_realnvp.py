@@ -20,7 +20,7 @@ def test_log_det_matches_autograd_jacobian():
     flow = _flow()
     x = torch.randn(16, 2, dtype=torch.float64)
     _, log_det = flow.inverse(x)
-    for xi, ld in zip(x, log_det):
+    for xi, ld in zip(x, log_det, strict=True):
         jac = torch.autograd.functional.jacobian(lambda v: flow.inverse(v[None])[0][0], xi)
         sign, expected = torch.linalg.slogdet(jac)
         assert sign != 0
@@ -37,7 +37,7 @@ def test_checkerboard_log_det_matches_autograd_jacobian():
             p.mul_(3.0)
     x = torch.randn(4, 16, dtype=torch.float64)
     _, log_det = flow.inverse(x)
-    for xi, ld in zip(x, log_det):
+    for xi, ld in zip(x, log_det, strict=True):
         jac = torch.autograd.functional.jacobian(lambda v: flow.inverse(v[None])[0][0], xi)
         torch.testing.assert_close(ld, torch.linalg.slogdet(jac)[1], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(flow(flow.inverse(x)[0]), x, rtol=1e-9, atol=1e-9)

@@ -77,7 +77,7 @@ def _table(tables, name):
 
 def _cells(table, method):
     row = next(r for r in table.rows if r[0].text == method)
-    return dict(zip(table.header, row))
+    return dict(zip(table.header, row, strict=True))
 
 
 def test_summary_table_cells_floor_na_and_failed(res):
@@ -123,7 +123,8 @@ def test_retried_runs_are_counted_and_footnoted():
     assert failed.text == "1" and [moons.notes[k - 1] for k in failed.notes] == [
         f"dcgan: seed 2: {DIVERGED}", "dcgan: diverged, retried: seed 1 as seed 3000004, seed 2 as seed 3000005"]
     runs = report.runs_table(res)
-    row = next(dict(zip(runs.header, r)) for r in runs.rows if (r[0].text, r[1].text) == ("moons", "dcgan"))
+    row = next(dict(zip(runs.header, r, strict=True)) for r in runs.rows
+               if (r[0].text, r[1].text) == ("moons", "dcgan"))
     assert (row["failed"].text, row["retried"].text) == ("1", "2")
     assert "19 training runs, 3 failed or diverged, 2 retried with a new seed" in report.intro(res, "welch")[1].text
 
@@ -175,7 +176,7 @@ def test_rank_frame_winner_failed_runs_and_floor(res):
 
 def test_approaches_table_evidence_comes_from_the_data(res):
     table = report.approaches_table(res)
-    claims = {r[0].text: dict(zip(table.header[1:], (c.text for c in r[1:]))) for r in table.rows}
+    claims = {r[0].text: dict(zip(table.header[1:], (c.text for c in r[1:]), strict=True)) for r in table.rows}
     likelihood = claims["computes the likelihood exactly"]
     assert "exact test NLL" in likelihood["flow (realnvp)"] and "0.360 ± 0.025" in likelihood["flow (realnvp)"]
     assert "IWAE bound" in likelihood["vae (vae)"]

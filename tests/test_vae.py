@@ -76,7 +76,7 @@ def test_elbo_below_iwae_k_below_iwae_larger_k_in_expectation():
     torch.manual_seed(1)
     with torch.no_grad():
         reps = [(vae.elbo(x), vae.iwae(x, 1), vae.iwae(x, 5), vae.iwae(x, 50)) for _ in range(10)]
-    elbo, iw1, iw5, iw50 = (torch.stack(r) for r in zip(*reps))
+    elbo, iw1, iw5, iw50 = (torch.stack(r) for r in zip(*reps, strict=True))
     # strict and significant improvements: the gap of this model is large
     for lo, hi in ((elbo, iw5), (iw5, iw50)):
         mean, se = _paired(hi, lo)
