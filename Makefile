@@ -1,4 +1,4 @@
-# dgmbench: `make bench` sets up .venv and runs the default pipeline; `make test` sets up .venv and runs the tests.
+# dgmbench: `make bench` sets up .venv and runs the default pipeline; `make test` sets up .venv, lints (ruff) and runs the tests.
 PYTHON ?= python3
 VENV := .venv
 # On the development and CI machines MNIST sits in ../shared; elsewhere set DGMBENCH_DATA_ROOT yourself
@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(VENV)/bin/snakemake --profile profiles/local
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 clean-results:
