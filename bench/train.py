@@ -158,7 +158,10 @@ class _Signals:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by this loop; a truncated or foreign file is a UserError naming it."""
+    """Load a checkpoint written by this loop; a missing, truncated or foreign file is a UserError naming it."""
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: the run has not been trained there; train it first "
+                        f"(`dgmbench train ... --out {path.parent}`, or the pipeline's train rule)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for truncated/corrupt zip archives

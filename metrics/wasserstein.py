@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import ot
 
 from metrics._arrays import as_float64
 
@@ -64,6 +63,9 @@ def exact_wasserstein(
     xs, ys = _flat(x), _flat(y)
     if xs.shape[1] != ys.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {xs.shape[1]} and {ys.shape[1]}")
+    import ot  # here, not at the top: POT's import (scikit-learn's with it) takes about a second, which the
+    # pipeline's sampling jobs, importing this module through bench.evaluate, do not need
+
     n, m = len(xs), len(ys)
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     with warnings.catch_warnings():
@@ -91,5 +93,7 @@ def sliced_wasserstein(x, y, n_projections: int = 200, seed: int = 0, p: int = 2
     ``n_projections`` seeded random directions and exact 1-D transport (sorting) via
     ``ot.sliced_wasserstein_distance``. A fast cross-check of exact W_p; not equal to it (SW_p ≤ W_p).
     """
+    import ot  # see exact_wasserstein
+
     xs, ys = _flat(x), _flat(y)
     return float(ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=p, seed=seed))

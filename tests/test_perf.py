@@ -172,3 +172,13 @@ def test_keeping_freed_memory_spares_otflow_the_page_faults_of_each_step():
 
     default, kept = faults("default"), faults("keep")
     assert default > 400 and kept < default / 10, (default, kept)
+
+
+def test_a_sampling_job_does_not_import_pot_or_scikit_learn():
+    """`dgmbench sample` imports bench.evaluate (for the evaluation settings); POT's import, and scikit-learn's with
+    it, would add about a second to each of the pipeline's sampling jobs, so only the solvers import POT."""
+    code = ("import sys, bench.cli, bench.evaluate, bench.sampling, bench.train; "
+            "print(sorted(m for m in ('ot', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"

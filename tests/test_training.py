@@ -324,6 +324,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_missing_checkpoint_is_named_as_missing_not_as_corrupt(tmp_path):
+    with pytest.raises(UserError, match=f"no checkpoint at {tmp_path / CHECKPOINT}: the run has not been trained"):
+        load_checkpoint(tmp_path / CHECKPOINT)
+
+
 def test_epoch_sampler_covers_each_epoch_once_and_is_a_function_of_step():
     s = EpochSampler(100, 10, seed=3)
     first = torch.cat([s.indices(i) for i in range(10)])
