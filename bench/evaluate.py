@@ -29,7 +29,7 @@ from bench import datasets, provenance
 from bench.errors import UserError
 from bench.io import read_json, write_json
 from bench.metric_names import METRICS, check_metrics
-from bench.sampling import SAMPLES
+from bench.sampling import SAMPLES, load_samples
 from bench.seeding import resolve_device
 from bench.train import PROVENANCE, load_model
 from metrics.likelihood import bits_per_dim, nll_nats
@@ -299,7 +299,7 @@ def evaluate(run_dir: Path, settings: dict[str, Any] | None = None, classifier: 
     if status["status"] != "ok":
         records = [Record("training", status="failed", reason=status["reason"])]
     else:
-        saved = torch.load(run_dir / SAMPLES, weights_only=False)
+        saved = load_samples(run_dir)
         if saved["n"] != sample_size(ds, s):
             raise UserError(f"{run_dir / SAMPLES} holds {saved['n']} samples but the evaluation asks for "
                             f"{sample_size(ds, s)}; re-run `dgmbench sample`")

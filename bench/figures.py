@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench import datasets  # noqa: E402
-from bench.sampling import SAMPLES  # noqa: E402
+from bench.sampling import load_samples  # noqa: E402
 from bench.train import load_model  # noqa: E402
 
 GRID = 200  # heat-map resolution per axis
@@ -32,7 +32,7 @@ def run_figure(run_dir: Path, out: Path) -> None:
     model, ckpt = load_model(run_dir)
     spec = ckpt["spec"]
     ds = datasets.load(spec["dataset"], spec["data_root"])
-    saved = torch.load(run_dir / SAMPLES, weights_only=False)
+    saved = load_samples(run_dir)
     title = f"{spec['method']} on {spec['dataset']}, seed {spec['seed']}"
     out.parent.mkdir(parents=True, exist_ok=True)
     if saved["status"] != "ok":

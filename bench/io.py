@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from bench.errors import UserError
+
 Writer = Callable[[IO[bytes]], Any]
 
 
@@ -77,3 +79,14 @@ def save_torch(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def load_torch(path: Path, what: str, if_missing: str, if_unreadable: str) -> Any:
+    """torch.load, onto the CPU, of a file the suite wrote. A missing or unreadable file is a one-line UserError that
+    names it: "no {what} at {path}: {if_missing}", or "{what} {path} is corrupt or truncated (...); {if_unreadable}"."""
+    if not path.is_file():
+        raise UserError(f"no {what} at {path}: {if_missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for truncated or corrupt files
+        raise UserError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}); {if_unreadable}") from None

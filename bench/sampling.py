@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from bench.io import save_torch
+from bench.errors import UserError
+from bench.io import load_torch, save_torch
 from bench.train import load_model
 
 SAMPLES = "samples.pt"
@@ -28,3 +29,12 @@ def sample_run(run_dir: Path, n: int, batch_size: int = 1000, device: str = "cpu
         out.update(samples=torch.cat(parts), wall_time_s=wall, samples_per_s=n / wall)
     save_torch(Path(run_dir) / SAMPLES, out)
     return out
+
+
+def load_samples(run_dir: Path) -> dict[str, Any]:
+    """A run's samples as `sample_run` wrote them; a missing, unreadable or foreign file is a UserError naming it."""
+    path, redo = Path(run_dir) / SAMPLES, f"`dgmbench sample --run {run_dir}` (the pipeline's sample rule)"
+    saved = load_torch(path, "samples file", f"draw them first with {redo}", f"delete it and re-run {redo}")
+    if not isinstance(saved, dict) or not {"status", "n", "seed"} <= saved.keys():
+        raise UserError(f"{path} was not written by `dgmbench sample`; delete it and re-run {redo}")
+    return saved

@@ -206,3 +206,35 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
         return [(r["metric"], r["value"], r["stderr"]) for r in result["records"] if r["metric"] != "samples_per_s"]
 
     assert values(a) == values(b) and len(values(a)) >= 10
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete", "no samples file at {path}: draw them first with `dgmbench sample --run {run}`"),
+    ("truncate",
+     "samples file {path} is corrupt or truncated (.*); delete it and re-run `dgmbench sample --run {run}`"),
+    ("foreign", "{path} was not written by `dgmbench sample`; delete it and re-run `dgmbench sample --run {run}`"),
+])
+@pytest.mark.parametrize("command", [["evaluate"], ["plot-run", "--out", "figure.png"]])
+def test_cli_names_a_missing_or_broken_samples_file_in_one_line(tmp_path, damage, message, command):
+    """Evaluation and the run figure read the samples file; without a usable one: exit 2, one line naming it and
+    the command that draws it, nothing written."""
+    import re
+    import subprocess
+    import sys
+
+    run = _run(tmp_path, "realnvp", width=16)
+    path = run / "samples.pt"
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save(torch.zeros(3), path)
+    command = [c if c != "figure.png" else str(tmp_path / c) for c in command]
+    res = subprocess.run([sys.executable, "-m", "bench.cli", *command, "--run", str(run)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2
+    line = res.stderr.strip()
+    expected = re.escape(message.format(path=path, run=run)).replace(re.escape("(.*)"), r"\(\w+\)")
+    assert "\n" not in line and re.fullmatch(f"dgmbench: error: {expected} \\(the pipeline's sample rule\\)", line)
+    assert not (run / "metrics.json").exists() and not (tmp_path / "figure.png").exists()
