@@ -182,5 +182,29 @@ def test_inception_fid_reads_the_given_weights_file(tmp_path, images, monkeypatc
     stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in feats]
     assert out["extractor"] == "inception-v3-compat"
     assert out["fid"] > 0.05 * np.trace(stats[1][1])  # the two sets really differ under these features
-    assert out["fid"] == pytest.approx(_torch_fidelity_fid(*stats[0], *stats[1]), rel=1e-4)
-    assert out["fid"] == pytest.approx(fid(*feats), rel=1e-3)  # our eigh-based distance, singular covariances
+    assert out["fid"] == pytest.approx(_torch_fidelity_fid(*stats[0], *stats[1]), rel=1e-4, abs=0)
+    assert out["fid"] == pytest.approx(fid(*feats), rel=1e-3, abs=0)  # our eigh-based distance, singular covariances
+
+
+def test_only_clearly_negative_eigenvalues_are_rejected():
+    """The PSD check is relative (1e-6 of the largest eigenvalue): a covariance with eigenvalue −1e-3 against 1 is
+    not one, −1e-9 is rounding."""
+    mu, eye = np.zeros(2), np.eye(2)
+    with pytest.raises(ValueError, match="sigma1 is not positive semi-definite"):
+        frechet_distance(mu, np.diag([1.0, -1e-3]), mu, eye)
+    assert np.isfinite(frechet_distance(mu, np.diag([1.0, -1e-9]), mu, eye))
+
+
+def test_torch_fidelity_precision_recall_use_the_given_neighbourhood(tmp_path, images):
+    generated, real = images
+    weights = _save_weights(tmp_path / "clf.pt", seed=3)
+    name = register_mnist_extractor(weights)
+    net = MnistClassifier()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.no_grad():
+        feat_gen, feat_real = net.features(generated)[0], net.features(real)[0]
+    k3, k5 = (knn_precision_recall(feat_real, feat_gen, k=k) for k in (3, 5))
+    assert (k3.precision, k3.recall) != (k5.precision, k5.recall)  # the neighbourhood matters for these sets
+    out = torch_fidelity_metrics(generated, real, extractor_name=name, weights_path=weights, prc_neighborhood=5)
+    assert out["precision"] == pytest.approx(k5.precision, abs=1.5 / len(generated))
+    assert out["recall"] == pytest.approx(k5.recall, abs=1.5 / len(real))

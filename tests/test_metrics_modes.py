@@ -80,3 +80,20 @@ def test_class_coverage():
     assert class_coverage([], 3).kl_to_uniform == math.inf
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
         class_coverage([3, 10], 10)
+
+
+def test_a_sample_exactly_at_the_threshold_is_high_quality():
+    std = 0.25  # 3σ = 0.75: centre ± 0.75 is exact in binary floating point
+    offsets = np.array([[0.75, 0.0], [-0.75, 0.0], [0.0, 0.75], [0.0, -0.75]])
+    res = mixture_mode_coverage(GRID[:4] + offsets, GRID, std)
+    assert (res.modes_covered, res.high_quality_fraction) == (4, 1.0)
+
+
+def test_distances_stay_exact_far_from_the_origin():
+    """Distances to the centres are computed directly, not as ‖x‖² + ‖c‖² − 2x·c, which cannot resolve 3σ = 3e-3
+    at 1e6 from the origin."""
+    std, direction = 1e-3, np.array([0.6, 0.8])
+    centers = GRID + 1e6
+    samples = np.concatenate([centers + 2.9 * std * direction, centers + 3.1 * std * direction])
+    res = mixture_mode_coverage(samples, centers, std)
+    assert (res.modes_covered, res.high_quality_fraction) == (25, 0.5)

@@ -6,7 +6,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from metrics.wasserstein import OTNotConvergedError, exact_wasserstein, sliced_wasserstein
+from metrics.wasserstein import OTNotConvergedError, exact_solver, exact_wasserstein, sliced_wasserstein
 
 
 def _cloud(n, d=2, seed=0):
@@ -84,3 +84,24 @@ def test_sliced_translation_and_seeding():
     assert sw**2 == pytest.approx(12.5, rel=0.05)
     assert sliced_wasserstein(x, x + 1, seed=3) == sliced_wasserstein(x, x + 1, seed=3)
     assert sliced_wasserstein(x, x, seed=3) == 0.0
+
+
+def test_the_default_iteration_cap_solves_3000_points_exactly():
+    """With POT's own cap (1e5) the network simplex stops early from about 2,000 points in 2-D and returns a wrong
+    cost; the default cap must carry a pipeline-sized problem to optimality, the optimal assignment's cost."""
+    x, y = _cloud(3000, seed=1), _cloud(3000, seed=2) + 0.5
+    cost = cdist(x, y, "sqeuclidean")
+    rows, cols = linear_sum_assignment(cost)
+    assert exact_wasserstein(x, y, p=2) == pytest.approx(cost[rows, cols].mean() ** 0.5, rel=1e-9)
+
+
+def test_the_dense_solver_is_chosen_exactly_up_to_its_memory_estimate():
+    need = 4 * 100 * 100 * 8  # cost matrix, plan and copies, in float64
+    assert exact_solver(100, 100, max_dense_bytes=need) == "emd2"
+    assert exact_solver(100, 100, max_dense_bytes=need - 1) == "emd2_lazy"
+
+
+def test_sliced_wasserstein_draws_its_projections_from_the_seed():
+    x, y = _cloud(200, d=5, seed=3), 1.5 * _cloud(200, d=5, seed=4)
+    a, b = (sliced_wasserstein(x, y, n_projections=20, seed=s) for s in (1, 2))
+    assert a != b and sliced_wasserstein(x, y, n_projections=20, seed=1) == a

@@ -117,3 +117,12 @@ def test_seed_ranks_ties_missing_and_a_constant_winner():
     assert (best.mean, best.low, best.high) == (1, 1, 1)
     assert mid.mean == pytest.approx(7 / 3) and (mid.low, mid.high) == (2, 2.5) and mid.per_seed == (2.5, 2, 2.5)
     assert last.high == 3
+
+
+def test_one_constant_side_still_has_a_p_value_and_an_effect_size():
+    """A method that covers 8 modes on every seed against one that varies: s_p > 0, so Welch's t and Hedges' g
+    are defined (only both sides constant leaves them undefined)."""
+    x, y = [8.0, 8.0, 8.0], [5.0, 6.0, 7.0]
+    assert stats.welch_p(x, y) == pytest.approx(sps.ttest_ind(x, y, equal_var=False).pvalue, rel=1e-12)
+    assert stats.hedges_g(x, y) == pytest.approx((1 - 3 / 15) * 2 / math.sqrt(0.5), rel=1e-12)  # s_p² = 1/2
+    assert math.isnan(stats.hedges_g([], [1.0, 2.0])) and math.isnan(stats.welch_p([8.0, 8.0], [8.0, 8.0]))
