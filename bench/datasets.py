@@ -11,10 +11,10 @@ import gzip
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
-from functools import lru_cache, cache
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
-from typing import Any, IO
 from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 

@@ -19,10 +19,10 @@ import html
 import json
 import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd

@@ -8,8 +8,8 @@ higher-is-better metrics negated. Metrics without a known direction are never co
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from bench.errors import UserError
 

@@ -11,8 +11,8 @@ import models
 from bench.errors import UserError
 from bench.train import LOG, RunSpec, train
 from conftest import needs_mnist
-from models.ffjord import divergence
 from models import otflow
+from models.ffjord import divergence
 from models.otflow import Potential, _act
 
 

@@ -6,7 +6,6 @@ weights reports.
 """
 import pytest
 import torch
-from conftest import mnist_available
 
 import models
 from bench import datasets
@@ -14,6 +13,7 @@ from bench.evaluate import evaluate
 from bench.perf.training import suite_step
 from bench.sampling import sample_run
 from bench.train import CHECKPOINT, RunSpec, load_checkpoint, train
+from conftest import mnist_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

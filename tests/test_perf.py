@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DispatchLog, needs_mnist
 
 import models
 from bench.perf import reference
+from conftest import DispatchLog, needs_mnist
 from models.otflow import Potential
 
 
