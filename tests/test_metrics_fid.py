@@ -169,7 +169,11 @@ def test_inception_fid_reads_the_given_weights_file(tmp_path, images, monkeypatc
         m.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
         torch.manual_seed(0)
         weights = tmp_path / "inception.pth"
-        torch.save(inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), weights)
+        random_net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for layer in random_net.modules():  # He init: the default one shrinks the features to ~1e-8 (a FID of ~1e-14)
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    torch.save(random_net.state_dict(), weights)
     generated, real = images[0][:12], images[1][:12]
     out = torch_fidelity_metrics(generated, real, weights_path=weights, prc=False)
 
