@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.io import read_json, write_text
+from bench.errors import UserError
+from bench.io import checked_read, write_text
 
 COLUMNS = ["dataset", "method", "family", "seed", "metric", "value", "stderr", "n", "unit", "status", "reason",
            "run_status", "retry_seed", "git_commit", "git_dirty", "config_hash", "config", "data_fingerprint",
@@ -47,10 +48,20 @@ def cost_records(run_dir: Path, train_wall_time_s: float | None) -> list[dict[st
             for metric, (value, unit) in values.items() if value is not None and math.isfinite(value)]
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A metrics.json as `dgmbench evaluate` (a run) or `dgmbench reference` (a data floor) wrote it; a missing,
+    unreadable or foreign file is a UserError naming it."""
+    redo = f"write it with `dgmbench evaluate --run {path.parent}` (a run) or `dgmbench reference` (a data floor)"
+    m = checked_read(path, "metrics file", redo, f"delete it and {redo}")
+    if not isinstance(m, dict) or not {"run", "family", "status", "records", "train", "evaluation"} <= m.keys():
+        raise UserError(f"{path} was not written by `dgmbench evaluate` or `dgmbench reference`; delete it and {redo}")
+    return m
+
+
 def collect(paths: Iterable[Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
-        m = read_json(path)
+        m = read_result(Path(path))
         train, machine = m["train"], m["train"]["machine"]
         common = {
             **m["run"], "family": m["family"], "run_status": m["status"],

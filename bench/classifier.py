@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from bench import datasets
-from bench.io import save_torch, write_json
+from bench.errors import UserError
+from bench.io import checked_read, save_torch, write_json
 from bench.seeding import seed_everything
 from metrics.fid import MnistClassifier, weights_hash
 
@@ -54,7 +55,20 @@ def train_classifier(out: Path, data_root: str | None = None, epochs: int = 5, s
     return info
 
 
-def load_classifier(path: Path) -> MnistClassifier:
+def load_classifier(path: Path) -> tuple[MnistClassifier, dict[str, Any]]:
+    """The classifier `train_classifier` wrote to `path` and its record (test accuracy, weights hash) beside it; a
+    missing, unreadable or foreign file is a UserError naming it."""
+    path = Path(path)
+    redo = f"train it with `dgmbench train-classifier --out {path}` (the pipeline's mnist_classifier rule)"
+    info = checked_read(path.with_suffix(".json"), "classifier record", redo, f"delete it and {redo}")
+    state = checked_read(path, "MNIST classifier", redo, f"delete it and {redo}",
+                         lambda p: torch.load(p, map_location="cpu", weights_only=True))
     model = MnistClassifier()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # not a state dict, or another network's
+        raise UserError(f"{path} does not hold the suite's MNIST classifier ({type(exc).__name__}); "
+                        f"delete it and {redo}") from None
+    if not isinstance(info, dict) or "test_accuracy" not in info:
+        raise UserError(f"{path.with_suffix('.json')} is not a classifier record; delete it and {redo}")
+    return model.eval(), info

@@ -38,6 +38,7 @@ from metrics.precision_recall import knn_precision_recall
 from metrics.wasserstein import MAX_DENSE_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
 
 METRICS_FILE = "metrics.json"
+CLASSIFIER_METRICS = ("fid", "precision", "recall", "classes_covered", "class_kl")  # on images, from its features
 EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 1000,
     "device": "cpu",
@@ -258,23 +259,41 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
         from bench.classifier import load_classifier
         from metrics.fid import register_mnist_extractor, torch_fidelity_metrics
 
-        name = register_mnist_extractor(classifier)
-        accuracy = read_json(Path(classifier).with_suffix(".json"))["test_accuracy"]
+        net, info = load_classifier(classifier)
+        name, accuracy = register_mnist_extractor(classifier), info["test_accuracy"]
         tf_metrics = ("fid", "precision", "recall")
         tf = shared(tf_metrics, lambda: torch_fidelity_metrics(generated, real_data, extractor_name=name,
                                                                 weights_path=classifier))
         for key in tf_metrics if tf is not None else ():
             run(key, lambda key=key: tf[key], extractor=name, classifier_test_accuracy=accuracy, via="torch-fidelity")
-        if s["inception_weights"]:
-            run("fid_inception", lambda: torch_fidelity_metrics(generated, real_data, prc=False,
-                                                                weights_path=s["inception_weights"])["fid"],
-                extractor="inception-v3-compat", weights=str(s["inception_weights"]), via="torch-fidelity")
         classes = shared(("classes_covered", "class_kl"), lambda: class_coverage(_batched(
-            load_classifier(classifier), generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
+            net, generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
         if classes is not None:
             run("classes_covered", lambda: classes.classes_covered, of=10, classifier=name)
             run("class_kl", lambda: classes.kl_to_uniform, "nats", classifier=name)
+    else:
+        why = "needs the suite's MNIST classifier: pass --classifier (the pipeline's mnist_classifier rule trains it)"
+        out += [Record(m, n=n, status="n/a", reason=why) for m in CLASSIFIER_METRICS if wanted(s, m)]
+    if ds.kind == "image" and s["inception_weights"]:
+        from metrics.fid import torch_fidelity_metrics
+
+        run("fid_inception", lambda: torch_fidelity_metrics(generated, real_data, prc=False,
+                                                            weights_path=s["inception_weights"])["fid"],
+            extractor="inception-v3-compat", weights=str(s["inception_weights"]), via="torch-fidelity")
     return out
+
+
+def check_evaluators(classifier: Path | None, s: dict[str, Any]) -> None:
+    """Read the feature extractors' files before any metric is computed: a missing or broken one is a UserError
+    naming it, not a metric failed after the likelihood's compute."""
+    if classifier is not None:
+        from bench.classifier import load_classifier
+
+        load_classifier(classifier)
+    if s["inception_weights"] and not Path(s["inception_weights"]).is_file():
+        raise UserError(f"no Inception weights at {s['inception_weights']}: set evaluation.inception_weights to "
+                        "a local copy of torch-fidelity's weights file (pt_inception-2015-12-05-6726825d.pth) "
+                        "or unset it")
 
 
 def _timed_group(fn: Callable[[], list[Record]], name: str) -> list[Record]:
@@ -293,6 +312,7 @@ def _timed_group(fn: Callable[[], list[Record]], name: str) -> list[Record]:
 def evaluate(run_dir: Path, settings: dict[str, Any] | None = None, classifier: Path | None = None) -> dict[str, Any]:
     """Evaluate a trained and sampled run; writes and returns `run_dir/metrics.json`."""
     run_dir, s = Path(run_dir), settings_for(settings)
+    check_evaluators(classifier, s)
     model, ckpt = load_model(run_dir, s["device"])
     spec, status = ckpt["spec"], ckpt["status"]
     ds = datasets.load(spec["dataset"], spec["data_root"])
@@ -326,6 +346,7 @@ def reference(dataset: str, out: Path, settings: dict[str, Any] | None = None, d
     """The data-vs-data floor: sample metrics of n training points against the n test points, and the data's
     own entropy (the NLL floor) where its density is known. Written in the shape of a run's metrics.json."""
     s = settings_for(settings)
+    check_evaluators(classifier, s)
     ds = datasets.load(dataset, data_root)
     n = sample_size(ds, s)
     records = _timed_group(lambda: sample_records(ds, ds.to_float(ds.train[:n]), s, classifier), "samples")

@@ -81,12 +81,17 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def load_torch(path: Path, what: str, if_missing: str, if_unreadable: str) -> Any:
-    """torch.load, onto the CPU, of a file the suite wrote. A missing or unreadable file is a one-line UserError that
+def read_torch(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checked_read(path: Path, what: str, if_missing: str, if_unreadable: str,
+                 read: Callable[[Path], Any] = read_json) -> Any:
+    """`read(path)` of a file the suite wrote or needs. A missing or unreadable file is a one-line UserError that
     names it: "no {what} at {path}: {if_missing}", or "{what} {path} is corrupt or truncated (...); {if_unreadable}"."""
     if not path.is_file():
         raise UserError(f"no {what} at {path}: {if_missing}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises several types for truncated or corrupt files
+        return read(path)
+    except Exception as exc:  # torch, json and pandas raise several types for truncated or corrupt files
         raise UserError(f"{what} {path} is corrupt or truncated ({type(exc).__name__}); {if_unreadable}") from None

@@ -29,7 +29,9 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from bench import plots, stats
-from bench.io import write_text
+from bench.aggregate import COLUMNS
+from bench.errors import UserError
+from bench.io import checked_read, write_text
 
 FLOOR, FLOOR_LABEL = "data", "data (floor)"
 TRAINING = "training"  # the one record of a failed run
@@ -109,7 +111,12 @@ TEXT_COLUMNS = ("reason", "unit", "config", "config_hash", "packages", "git_comm
 def load_metrics(path: Path) -> pd.DataFrame:
     """The tidy CSV with empty text fields as "" (not NaN); only empty fields are missing values (pandas would
     otherwise read the status "n/a" as NaN)."""
-    df = pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False, na_values=[""])
+    remedy = f"build it with `dgmbench aggregate ... --out {path}` (the pipeline's aggregate rule)"
+    df = checked_read(Path(path), "metrics table", remedy, f"delete it and {remedy}", lambda p: pd.read_csv(
+        p, dtype=dict.fromkeys(TEXT_COLUMNS, str), keep_default_na=False, na_values=[""]))
+    if missing := [c for c in COLUMNS if c not in df and c != "retry_seed"]:
+        raise UserError(f"{path} is not a metrics table of `dgmbench aggregate` (no column {missing[0]!r}); "
+                        f"delete it and {remedy}")
     df[list(TEXT_COLUMNS)] = df[list(TEXT_COLUMNS)].fillna("")
     if "retry_seed" not in df:  # a table aggregated before retries were recorded
         df["retry_seed"] = np.nan

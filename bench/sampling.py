@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bench.errors import UserError
-from bench.io import load_torch, save_torch
+from bench.io import checked_read, read_torch, save_torch
 from bench.train import load_model
 
 SAMPLES = "samples.pt"
@@ -34,7 +34,8 @@ def sample_run(run_dir: Path, n: int, batch_size: int = 1000, device: str = "cpu
 def load_samples(run_dir: Path) -> dict[str, Any]:
     """A run's samples as `sample_run` wrote them; a missing, unreadable or foreign file is a UserError naming it."""
     path, redo = Path(run_dir) / SAMPLES, f"`dgmbench sample --run {run_dir}` (the pipeline's sample rule)"
-    saved = load_torch(path, "samples file", f"draw them first with {redo}", f"delete it and re-run {redo}")
+    saved = checked_read(path, "samples file", f"draw them first with {redo}", f"delete it and re-run {redo}",
+                         read_torch)
     if not isinstance(saved, dict) or not {"status", "n", "seed"} <= saved.keys():
         raise UserError(f"{path} was not written by `dgmbench sample`; delete it and re-run {redo}")
     return saved

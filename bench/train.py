@@ -29,7 +29,7 @@ from tqdm import tqdm
 import models
 from bench import datasets, provenance
 from bench.errors import UserError
-from bench.io import as_json, as_text, as_torch, load_torch, save_torch, write_files
+from bench.io import as_json, as_text, as_torch, checked_read, read_torch, save_torch, write_files
 from bench.seeding import determinism, resolve_device, rng_state, seed_everything, separate_rng, set_rng_state
 from models.base import Losses
 
@@ -161,7 +161,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by this loop; a missing, truncated or foreign file is a UserError naming it."""
     train_first = ("the run has not been trained there; train it first "
                    f"(`dgmbench train ... --out {path.parent}`, or the pipeline's train rule)")
-    ckpt = load_torch(path, "checkpoint", train_first, "delete it and retrain")
+    ckpt = checked_read(path, "checkpoint", train_first, "delete it and retrain", read_torch)
     if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
         raise UserError(f"checkpoint {path} was not written by dgmbench's training loop; delete it and retrain")
     return ckpt

@@ -1,5 +1,6 @@
 """Evaluation dispatch: metrics by capability, n/a with reasons, failed metrics kept apart, reference floors."""
 import math
+import re
 
 import pytest
 import torch
@@ -152,6 +153,10 @@ def test_image_runs_get_bits_per_dim_fid_and_class_coverage(tmp_path):
         assert rec[metric]["status"] == "ok" and rec[metric]["n"] == 200, metric
     assert rec["fid"]["settings"]["classifier_test_accuracy"] == 0.1
     assert rec["fid"]["settings"]["extractor"].startswith("mnist-classifier-")
+    without = _records(ev.evaluate(run, settings))  # no classifier: its metrics are n/a, with the reason
+    for metric in ev.CLASSIFIER_METRICS:
+        assert without[metric]["status"] == "n/a" and "pass --classifier" in without[metric]["reason"], metric
+    assert without["w2"]["status"] == "ok" and without["test_bpd"]["value"] == rec["test_bpd"]["value"]
 
 
 def test_a_failing_shared_computation_fails_only_its_records(tmp_path, monkeypatch):
@@ -238,3 +243,36 @@ def test_cli_names_a_missing_or_broken_samples_file_in_one_line(tmp_path, damage
     expected = re.escape(message.format(path=path, run=run)).replace(re.escape("(.*)"), r"\(\w+\)")
     assert "\n" not in line and re.fullmatch(f"dgmbench: error: {expected} \\(the pipeline's sample rule\\)", line)
     assert not (run / "metrics.json").exists() and not (tmp_path / "figure.png").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no weights", "no MNIST classifier at {clf}: train it with `dgmbench train-classifier --out {clf}`"),
+    ("no record", "no classifier record at {record}: train it with `dgmbench train-classifier --out {clf}`"),
+    ("truncated", r"MNIST classifier {clf} is corrupt or truncated \(\w+\); delete it and train it with"),
+    ("foreign", r"{clf} does not hold the suite's MNIST classifier \(RuntimeError\); delete it and train it with"),
+    ("no inception", "no Inception weights at {inception}: set evaluation.inception_weights to a local copy"),
+])
+def test_a_missing_or_broken_feature_extractor_stops_the_evaluation_before_any_compute(tmp_path, damage, message):
+    from bench.io import save_torch, write_json
+    from metrics.fid import MnistClassifier
+
+    clf, record, inception = tmp_path / "clf.pt", tmp_path / "clf.json", tmp_path / "inception.pth"
+    save_torch(clf, MnistClassifier().state_dict())
+    write_json(record, {"test_accuracy": 0.1})
+    settings = {"inception_weights": str(inception)} if damage == "no inception" else {}
+    if damage == "no weights":
+        clf.unlink()
+    elif damage == "no record":
+        record.unlink()
+    elif damage == "truncated":
+        clf.write_bytes(clf.read_bytes()[:100])
+    elif damage == "foreign":
+        save_torch(clf, {"weight": torch.zeros(3)})
+    expected = message.format(**{k: re.escape(str(v)) for k, v in
+                                 {"clf": clf, "record": record, "inception": inception}.items()})
+    run = tmp_path / "never-trained"  # reached only after the check: its error would be "no checkpoint at ..."
+    with pytest.raises(UserError, match=expected):
+        ev.evaluate(run, settings, classifier=clf)
+    with pytest.raises(UserError, match=expected):
+        ev.reference("ring8", tmp_path / "ring8.json", settings, classifier=clf)
+    assert not (tmp_path / "ring8.json").exists()

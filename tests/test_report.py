@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 from bench import cli, report, stats  # noqa: E402
 from bench.aggregate import COLUMNS, collect  # noqa: E402
+from bench.errors import UserError  # noqa: E402
 
 GAN_NA = "gan: an implicit model (samples only) has no tractable density or bound"
 DIVERGED = "diverged: non-finite loss at step 1200"
@@ -287,3 +288,30 @@ def test_collect_cost_fallbacks_and_reference(tmp_path):
     ref = tmp_path / "reference" / "moons.json"
     _metrics_json(ref, family="reference", train_wall=0.0)
     assert list(collect([ref]).metric) == ["w2"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "no metrics file at {path}: write it with `dgmbench evaluate --run {run}`"),
+    ("truncated", r"metrics file {path} is corrupt or truncated \(JSONDecodeError\); delete it and write it with"),
+    ("foreign", "{path} was not written by `dgmbench evaluate` or `dgmbench reference`; delete it and write it"),
+])
+def test_aggregate_names_a_missing_or_broken_metrics_file(tmp_path, damage, message):
+    path = tmp_path / "run" / "metrics.json"
+    _metrics_json(path)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_text(path.read_text()[:50])
+    else:
+        path.write_text(json.dumps({"records": []}))
+    with pytest.raises(UserError, match=message.format(path=re.escape(str(path)), run=re.escape(str(path.parent)))):
+        collect([path])
+
+
+def test_report_names_a_missing_or_foreign_metrics_table(tmp_path):
+    with pytest.raises(UserError, match="no metrics table at .*: build it with `dgmbench aggregate"):
+        report.report(tmp_path / "metrics.csv", tmp_path / "out")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match=r"other.csv is not a metrics table of `dgmbench aggregate` \(no column"):
+        report.report(tmp_path / "other.csv", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
