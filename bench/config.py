@@ -40,18 +40,28 @@ def load(path: str | Path) -> dict[str, Any]:
     return validate(cfg or {}, source=str(path))
 
 
+def _check_schema(schema: dict[str, Any], value: Any, source: str, at: tuple[str, ...] = ()) -> None:
+    """A UserError naming the first violation of `schema` (a part of config/schema.yaml found at `at`)."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    if error is not None:
+        where = ".".join(str(p) for p in (*at, *error.absolute_path)) or "(top level)"
+        raise UserError(f"{source}: invalid value at {where}: {error.message} (see config/schema.yaml)")
+
+
 def validate(cfg: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Check a config dict against the schema and the registries; returns it with defaults filled in."""
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(_schema()).iter_errors(cfg))
-    if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise UserError(f"{source}: invalid value at {where}: {error.message} (see config/schema.yaml)")
+    _check_schema(_schema(), cfg, source)
     cfg = _with_defaults(cfg)
     try:
         _check_names(cfg)
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
     return cfg
+
+
+def validate_evaluation(settings: dict[str, Any], source: str = "--settings") -> None:
+    """Check evaluation settings given outside a config (the CLI's --settings) against the config's `evaluation`."""
+    _check_schema(_schema()["properties"]["evaluation"], settings, source, ("evaluation",))
 
 
 def _check_names(cfg: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from bench import datasets, provenance
+from bench.config import validate_evaluation
 from bench.errors import UserError
 from bench.io import read_json, write_json
 from bench.metric_names import METRICS, check_metrics
@@ -69,6 +70,7 @@ class Record:
 def settings_for(user: dict[str, Any] | None) -> dict[str, Any]:
     """The evaluation defaults updated by the config; per-kind settings ({points, image}) merge key by key."""
     user = user or {}
+    validate_evaluation(user)
     check_metrics(user.get("metrics"))
     return {k: {**v, **user.get(k, {})} if isinstance(v, dict) else user.get(k, v) for k, v in EVAL_DEFAULTS.items()}
 
@@ -292,7 +294,7 @@ def check_evaluators(classifier: Path | None, s: dict[str, Any]) -> None:
         load_classifier(classifier)
     if s["inception_weights"] and not Path(s["inception_weights"]).is_file():
         raise UserError(f"no Inception weights at {s['inception_weights']}: set evaluation.inception_weights to "
-                        "a local copy of torch-fidelity's weights file (pt_inception-2015-12-05-6726825d.pth) "
+                        "a local copy of torch-fidelity's weights file (weights-inception-2015-12-05-6726825d.pth) "
                         "or unset it")
 
 

@@ -107,7 +107,7 @@ NOT_MNIST_MD5 = hashlib.md5(NOT_MNIST).hexdigest()
      "unknown metric 'fidd'; valid metrics: test_nll, test_bpd, elbo, iwae_k,"),
     (["reference", "--dataset", "ring8", "--out", "{tmp}/run/ring8.json", "--settings",
       json.dumps({"n_samples": {"points": 20000}})], {},
-     "evaluation.n_samples=20000 is larger than ring8's test set (10000); lower it"),
+     "--settings: invalid value at evaluation.n_samples.points: 20000 is greater than the maximum of 10000"),
 ])
 def test_cli_bad_input_fails_fast_without_outputs(tmp_path, args, files, message):
     for name, data in files.items():

@@ -1,4 +1,5 @@
 """Evaluation dispatch: metrics by capability, n/a with reasons, failed metrics kept apart, reference floors."""
+import dataclasses
 import math
 import re
 
@@ -128,8 +129,12 @@ def test_reference_floor_and_sample_size_checks(tmp_path):
     ref = _records(ev.reference("ring8", tmp_path / "ring8.json", SMALL_EVAL))
     assert ref["test_nll"]["value"] == pytest.approx(-4.293, abs=0.03)  # the ring's entropy
     assert ref["modes_covered"]["value"] == 8 and ref["high_quality"]["value"] > 0.95
-    with pytest.raises(UserError, match="larger than ring8's test set"):
-        ev.reference("ring8", tmp_path / "x.json", {"n_samples": {"points": 20_000}})
+    with pytest.raises(UserError, match="n_samples.points: 20000 is greater than the maximum of 10000"):
+        ev.reference("ring8", tmp_path / "x.json", {"n_samples": {"points": 20_000}})  # the schema's bound
+    ring8 = datasets.load("ring8")
+    ring8 = dataclasses.replace(ring8, test=ring8.test[:500])  # a smaller test set than the schema allows for
+    with pytest.raises(UserError, match="n_samples=1000 is larger than ring8's test set"):
+        ev.sample_size(ring8, ev.settings_for({"n_samples": {"points": 1000}}))
 
 
 @needs_mnist
@@ -276,3 +281,15 @@ def test_a_missing_or_broken_feature_extractor_stops_the_evaluation_before_any_c
     with pytest.raises(UserError, match=expected):
         ev.reference("ring8", tmp_path / "ring8.json", settings, classifier=clf)
     assert not (tmp_path / "ring8.json").exists()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"nsamples": 5}, r"evaluation: Additional properties are not allowed \('nsamples' was unexpected\)"),
+    ({"n_samples": {"points": -5}}, "evaluation.n_samples.points: -5 is less than the minimum of 10"),
+    ({"iwae_k": "ten"}, "evaluation.iwae_k: 'ten' is not of type 'array'"),
+])
+def test_evaluation_settings_from_the_command_line_are_checked_against_the_config_schema(settings, message):
+    """--settings reach evaluate, sample and reference without a config file; a misspelt or invalid setting is an
+    error naming it, not silently the default."""
+    with pytest.raises(UserError, match=f"^--settings: invalid value at {message}"):
+        ev.settings_for(settings)
