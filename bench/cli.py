@@ -233,10 +233,12 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         _fail(str(exc))
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _fail(f"could not write {exc.filename}: {exc.strerror} (no partial file was left); free space on that "
+                  "disk or write the results to another one (--out, or snakemake --directory), then re-run")
+        if exc.filename is None:
             raise
-        _fail(f"could not write {exc.filename}: {exc.strerror} (no partial file was left); free space on that disk "
-              "or write the results to another one (--out, or snakemake --directory), then re-run")
+        _fail(f"{exc.strerror}: {exc.filename}; give a path whose folders exist or can be created, and can be written")
 
 
 if __name__ == "__main__":

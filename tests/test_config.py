@@ -136,3 +136,12 @@ def test_snakemake_rejects_a_bad_config_before_running(tmp_path, bad, message):
     assert res.returncode != 0
     assert message in res.stdout + res.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
+
+
+def test_an_unusable_path_is_one_line_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"  # a folder inside a file
+    res, _ = _cli(*TRAIN[:-1], str(out), "--method", "realnvp", "--dataset", "moons", "--set", "steps=5")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"dgmbench: error: Not a directory: {out}; give a path whose folders exist or can "
+                                  "be created, and can be written")
