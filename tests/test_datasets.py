@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from bench import datasets
@@ -81,3 +82,34 @@ def test_corrupt_or_missing_mnist_is_a_clear_error(tmp_path):
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b" + b"0" * 100)
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz is corrupt .*expected ec29112d"):
         datasets.load("mnist", tmp_path)
+
+
+def test_moons_log_prob_matches_a_mixture_on_sklearns_noise_free_arcs():
+    """The moons density against an independent construction: the trapezoid rule over t of the Gaussian blur
+    (σ = 0.05) of sklearn's own noise-free make_moons arcs (2×8001 points, spacing π/8000 ≪ σ), at test points."""
+    from sklearn.datasets import make_moons
+
+    n = 8001
+    arcs = make_moons(n_samples=2 * n, noise=0.0, shuffle=False)[0]
+    sigma = 0.05
+    x = datasets.load("moons").test[:400].numpy().astype(np.float64)
+    sq = ((x[:, None, :] - arcs[None, :, :]) ** 2).sum(-1)
+    w = np.ones(n)
+    w[[0, -1]] = 0.5  # trapezoid weights along each arc, total n − 1
+    log_w = np.log(np.concatenate([w, w]) / (2 * (n - 1)))  # two arcs, weight ½ each
+    expected = logsumexp(-0.5 * sq / sigma**2 + log_w, axis=1) - 2 * math.log(sigma) - math.log(2 * math.pi)
+    got = datasets.load("moons").log_prob(torch.from_numpy(x)).numpy()
+    assert expected.std() > 0.5  # points at varied distances from the arcs
+    np.testing.assert_allclose(got, expected, rtol=0, atol=5e-4)
+
+
+def test_ring8_is_eight_equally_spaced_modes_on_the_unit_circle_and_the_data_follows_them():
+    ds = datasets.load("ring8")
+    angles = 2 * math.pi * np.arange(8) / 8
+    expected = np.stack([np.cos(angles), np.sin(angles)], 1)
+    np.testing.assert_allclose(ds.info["centers"].numpy(), expected, rtol=0, atol=1e-6)
+    x = ds.test.numpy().astype(np.float64)
+    dist = np.sqrt(((x[:, None, :] - expected[None]) ** 2).sum(-1))
+    assert (dist.min(1) < 5 * 0.01).all()  # every point within 5σ of one of the closed-form modes
+    counts = np.bincount(dist.argmin(1), minlength=8)
+    assert (np.abs(counts / len(x) - 1 / 8) < 0.02).all()  # equal weights

@@ -293,3 +293,77 @@ def test_evaluation_settings_from_the_command_line_are_checked_against_the_confi
     error naming it, not silently the default."""
     with pytest.raises(UserError, match=f"^--settings: invalid value at {message}"):
         ev.settings_for(settings)
+
+
+def _toy_dataset(kind="points", levels=None):
+    """Distinct train/val/test tensors (a swap of splits changes every number), a known density."""
+    g = torch.Generator().manual_seed(0)
+    shape = (2,) if kind == "points" else (1, 2, 2)
+    train, val, test = (torch.randn(n, *shape, generator=g) + off for n, off in ((60, 5.0), (40, -5.0), (50, 0.0)))
+    return datasets.Dataset(name="toy", version="v1", kind=kind, train=train, val=val, test=test, fingerprint="x",
+                            log_prob=lambda x: -0.5 * x.double().pow(2).sum(1) - math.log(2 * math.pi),
+                            info={} if levels is None else {"levels": levels})
+
+
+class _FlowStub:
+    """log_prob(x) = −|x|² (per example): the evaluator's records can be recomputed exactly."""
+    device, capabilities, family = torch.device("cpu"), frozenset({"log_prob", "sample"}), "flow"
+
+    def log_prob(self, x):
+        return -x.flatten(1).double().pow(2).sum(1)
+
+
+class _VAEStub:
+    """elbo(x) = −|x|²; iwae(x, k) = elbo(x) + log k: the gap grows with k and has a known sign."""
+    device, capabilities, family = torch.device("cpu"), frozenset({"elbo", "iwae", "sample"}), "vae"
+
+    def elbo(self, x):
+        return -x.flatten(1).double().pow(2).sum(1)
+
+    def iwae(self, x, k):
+        return self.elbo(x) + math.log(k)
+
+
+def test_exact_nll_is_over_the_whole_test_split():
+    ds = _toy_dataset()
+    rec = {r.metric: r for r in ev.likelihood_records(_FlowStub(), ds, ev.settings_for({"batch_size": 7}))}
+    lp = -ds.test.double().pow(2).sum(1)
+    assert rec["test_nll"].n == 50
+    assert rec["test_nll"].value == pytest.approx(-lp.mean().item(), rel=1e-12)
+    assert rec["test_nll"].stderr == pytest.approx(lp.std().item() / math.sqrt(50), rel=1e-12)
+
+
+def test_vae_records_use_the_first_test_points_and_the_gap_is_iwae_kmax_minus_elbo():
+    ds = _toy_dataset()
+    s = ev.settings_for({"iwae_k": [10, 1, 100], "iwae_n_test": {"points": 30}})
+    rec = {r.metric: r for r in ev.likelihood_records(_VAEStub(), ds, s)}
+    elbo = -ds.test[:30].double().pow(2).sum(1)
+    assert rec["elbo"].n == 30 and rec["elbo"].value == pytest.approx(elbo.mean().item(), rel=1e-12)
+    assert rec["elbo"].stderr == pytest.approx(elbo.std().item() / math.sqrt(30), rel=1e-12)
+    for k in (1, 10, 100):
+        assert rec[f"iwae_k{k}"].value == pytest.approx(elbo.mean().item() + math.log(k), rel=1e-12)
+    assert rec["test_nll"].value == pytest.approx(-(elbo.mean().item() + math.log(100)), rel=1e-12)
+    assert rec["elbo_gap"].value == pytest.approx(math.log(100), rel=1e-9)  # IWAE_100 − ELBO ≥ 0
+    assert rec["elbo_gap"].settings["k"] == 100
+
+
+@pytest.mark.parametrize("levels, offset", [(256, 8.0), (2, 0.0)])
+def test_bits_per_dim_record_and_its_standard_error(levels, offset):
+    """8-bit images: nats of the [0,1]-scale density → bits/dim on the 0–255 scale (+ log2 256); binary images: a
+    pmf, no rescaling. The standard error converts with the same factor 1/(D ln 2)."""
+    ds = _toy_dataset("image", levels)
+    nll = ev.Record("test_nll", 100.0, 3.0, 50, "nats")
+    bpd = ev._bpd_record(nll, ds)
+    assert bpd.value == pytest.approx(100.0 / (4 * math.log(2)) + offset, rel=1e-12)
+    assert bpd.stderr == pytest.approx(3.0 / (4 * math.log(2)), rel=1e-12)
+    assert bpd.unit == "bits/dim" and bpd.n == 50
+
+
+def test_reference_floor_is_the_entropy_estimate_on_the_test_split(tmp_path, monkeypatch):
+    ds = _toy_dataset()
+    monkeypatch.setattr(ev.datasets, "load", lambda name, root=None: ds)
+    monkeypatch.setattr(ev, "sample_records", lambda *a, **k: [])
+    ref = ev.reference("toy", tmp_path / "ref.json", {"n_samples": {"points": 40}})
+    rec = {r["metric"]: r for r in ref["records"]}
+    lp = ds.log_prob(ds.test)
+    assert rec["test_nll"]["n"] == 50 and rec["test_nll"]["value"] == pytest.approx(-lp.mean().item(), rel=1e-12)

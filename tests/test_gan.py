@@ -11,7 +11,7 @@ import models
 from bench.errors import UserError
 from bench.train import CHECKPOINT, RunSpec, load_checkpoint, train
 from conftest import needs_mnist
-from models.gan import WGAN, WGANGP, WGANVAEInit
+from models.gan import DCGAN, WGAN, WGANGP, WGANVAEInit
 from models.vae import VAE
 
 GANS = ["dcgan", "wgan", "wgan-gp"]
@@ -182,3 +182,48 @@ def test_compiled_gan_training_logs_the_losses_eager_training_logs(name, tmp_pat
     assert len(compiled) == 12 and compiled != eager and compiled == pytest.approx(eager, rel=1e-5, abs=1e-8)
     with pytest.raises(UserError, match="'wgan-gp' cannot train compiled"):
         RunSpec.build("wgan-gp", "moons", 0, loop={"compile": True})
+
+
+
+
+def test_real_images_enter_the_discriminator_on_the_samples_unit_scale():
+    """pixel / 255: black is 0 and white exactly 1, the range of the generator's sigmoid and of ds.to_float."""
+    gan = DCGAN(FAKE_MNIST, {**DCGAN.defaults("mnist"), "width": 4})
+    x = torch.tensor([0, 1, 128, 254, 255], dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 1, 28, 28)
+    got = gan.to_model_space(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, x.float() / 255.0, rtol=0, atol=0)
+    assert got.max().item() == 1.0
+
+
+def test_train_step_logs_the_mean_over_critic_updates_and_one_chunk_of_generator_noise():
+    """The logged d_loss and wasserstein are the averages over the n_critic critic updates of the step, and the
+    generator update draws as many noise vectors as one critic chunk (module docstring)."""
+    torch.manual_seed(0)
+    gan = models.create("wgan", "moons", width=8, hidden_layers=2, batch_size=40)  # n_critic 5: chunks of 8
+    seen, gen_batch = [], []
+    critic, objective = gan.critic_update_loss, gan.generator_objective
+
+    def recording_critic(real, z):
+        loss, extra = critic(real, z)
+        seen.append((loss.item(), extra["wasserstein"].item(), len(real)))
+        return loss, extra
+
+    def recording_objective(z):
+        gen_batch.append(len(z))
+        return objective(z)
+
+    gan.critic_update_loss, gan.generator_objective = recording_critic, recording_objective
+    logs = gan.train_step(torch.randn(40, 2), gan.configure_optimizers(), 0)
+    assert [n for *_, n in seen] == [8] * 5 and gen_batch == [8]
+    d_losses, ws = [d for d, _, _ in seen], [w for _, w, _ in seen]
+    assert max(d_losses) - min(d_losses) > 0  # distinct per-chunk values: a sum, or the last one, would differ
+    assert logs["d_loss"].item() == pytest.approx(sum(d_losses) / 5, rel=1e-5, abs=1e-9)
+    assert logs["wasserstein"].item() == pytest.approx(sum(ws) / 5, rel=1e-5, abs=1e-9)
+
+
+def test_vaeinit_with_a_different_width_is_a_clear_error():
+    vae = VAE(FAKE_MNIST, {**VAE.defaults("mnist"), "width": 6})
+    gan = WGANVAEInit(FAKE_MNIST, {**WGANVAEInit.defaults("mnist"), "width": 8})
+    with pytest.raises(UserError, match="width: vae 6 vs wgan-vaeinit 8.*same latent_dim and width"):
+        gan.init_from({"vae": vae})

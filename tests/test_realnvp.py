@@ -69,3 +69,53 @@ def test_sample_shape_and_finiteness():
     flow = models.create("realnvp", "moons")
     x = flow.sample(100)
     assert x.shape == (100, 2) and torch.isfinite(x).all()
+
+
+def _image_flow(seed=0):
+    torch.manual_seed(seed)
+    images = SimpleNamespace(train=torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
+    flow = models.get("realnvp")(images, {"n_layers": 4, "width": 16, "logit_alpha": 0.05})
+    with torch.no_grad():  # a non-trivial flow: every coupling scales and shifts
+        for p in flow.parameters():
+            p.mul_(2.0)
+    return flow
+
+
+def test_image_log_prob_is_the_dequantized_logit_density_through_the_flow():
+    """log p(y) = log N(z; 0, I) + log|det ∂z/∂t| + log|det ∂t/∂y|, t = logit(α + (1−2α)y), y = (x+u)/256, with
+    the dequantization and logit Jacobian computed here independently (torch.logit + autograd) from the same u."""
+    alpha = 0.05
+    flow = _image_flow()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (3, 1, 28, 28), generator=g, dtype=torch.uint8)
+    x[:, :, :8] = 0  # background pixels, as in MNIST
+    torch.manual_seed(7)
+    with torch.no_grad():
+        got = flow.log_prob(x)
+    torch.manual_seed(7)
+    u = torch.rand(x.shape)
+    y = ((x.double() + u.double()) / 256).requires_grad_(True)
+    t = torch.logit(alpha + (1 - 2 * alpha) * y)
+    (dt_dy,) = torch.autograd.grad(t.sum(), y)  # elementwise map: diagonal Jacobian
+    logit_log_det = dt_dy.log().flatten(1).sum(1)
+    with torch.no_grad():
+        z, flow_log_det = flow.inverse(t.detach().float().flatten(1))
+        log_n = -0.5 * z.double().pow(2).sum(1) - 0.5 * 784 * math.log(2 * math.pi)
+    expected = log_n + flow_log_det.double() + logit_log_det
+    assert (logit_log_det > 1000).all() and (flow_log_det.abs() > 1).all()  # both terms matter
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-2)
+
+
+def test_image_samples_are_the_flow_output_mapped_back_by_the_inverse_logit():
+    """sample(n) = clamp((sigmoid(g(z)) − α)/(1 − 2α), 0, 1) for z ~ N(0, I) (the inverse of s = α + (1−2α)y)."""
+    alpha = 0.05
+    flow = _image_flow()
+    torch.manual_seed(3)
+    s = flow.sample(4)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = flow(torch.randn(4, 784))
+    expected = ((torch.sigmoid(out) - alpha) / (1 - 2 * alpha)).clamp(0, 1).view(4, 1, 28, 28)
+    assert s.shape == (4, 1, 28, 28)
+    assert (s == 0).any() and (s == 1).any()  # the α margins are mapped back to the ends of [0, 1]
+    torch.testing.assert_close(s, expected, rtol=0, atol=1e-6)

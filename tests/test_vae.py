@@ -255,3 +255,47 @@ def test_one_dequantization_per_example_shared_by_the_k_samples(monkeypatch):
     with torch.no_grad():
         vae.iwae(x, 40, max_rows=16)
     assert calls == [(3, 1, 28, 28)]
+
+
+def test_bernoulli_likelihood_is_the_sum_over_pixels_in_elbo_and_iwae():
+    """Binary pixels: log p(x | z) = Σ_i [x_i log σ(o_i) + (1 − x_i) log(1 − σ(o_i))], summed over all 784 pixels,
+    against torch.distributions with the same draws (no dequantization on this path: ε is the first draw)."""
+    torch.manual_seed(0)
+    vae = VAE(_fake("binarized_mnist", (1, 28, 28), "image"), {**VAE.defaults("binarized_mnist"), "width": 4})
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2, (2, 1, 28, 28), generator=g, dtype=torch.uint8)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        got_iwae = vae.iwae(x, 1)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        got_elbo = vae.elbo(x)
+    torch.manual_seed(11)
+    eps = torch.randn(1, 2, vae.latent_dim)[0]
+    D = torch.distributions
+    with torch.no_grad():
+        mean, logvar = vae.encoder(x.float()).chunk(2, -1)
+        std = (0.5 * logvar).exp()
+        z = mean + std * eps
+        log_lik = D.Bernoulli(logits=vae.decoder(z).flatten(1)).log_prob(x.flatten(1).float()).sum(1)
+        log_w = log_lik + D.Normal(0.0, 1.0).log_prob(z).sum(1) - D.Normal(mean, std).log_prob(z).sum(1)
+        kl = D.kl_divergence(D.Normal(mean, std), D.Normal(0.0, 1.0)).sum(1)
+    assert (log_lik < -300).all()  # ~0.69 nats per pixel at init: a per-pixel mean would be ~−0.7
+    torch.testing.assert_close(got_iwae, log_w, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got_elbo, log_lik - kl, rtol=1e-5, atol=1e-3)
+
+
+def test_full_samples_on_points_have_the_decoder_standard_deviation():
+    """sample_mode full on points: x = m(z) + exp(ℓ/2)·ε. With a constant decoder mean, each coordinate's sample std
+    is exp(ℓ/2) (here 2 and 0.5), not exp(ℓ)."""
+    torch.manual_seed(0)
+    vae = models.create("vae", "moons")
+    assert vae.hparams["sample_mode"] == "full"
+    with torch.no_grad():
+        last = vae.decoder[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, -1.0]))
+        vae.dec_logvar.copy_(torch.tensor([2 * math.log(2.0), 2 * math.log(0.5)]))
+    s = vae.sample(40_000).double()
+    torch.testing.assert_close(s.mean(0), torch.tensor([1.0, -1.0], dtype=torch.float64), rtol=0, atol=0.05)
+    torch.testing.assert_close(s.std(0), torch.tensor([2.0, 0.5], dtype=torch.float64), rtol=0.02, atol=0)
