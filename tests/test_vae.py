@@ -178,6 +178,15 @@ def test_mean_field_encoder_elbo_matches_closed_form_and_iwae_tends_to_log_p():
 
 
 # --- images: logit-space Gaussian with the Jacobian; decoder/dataset checks -------------------------------
+def _iwae1_and_elbo(vae, x, seed):
+    """IWAE_1 and the ELBO of x, each from the same draws (the generator reset to `seed` before each)."""
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        iwae = vae.iwae(x, 1)
+        torch.manual_seed(seed)
+        return iwae, vae.elbo(x)
+
+
 def test_image_likelihood_includes_the_logit_jacobian():
     alpha = 0.05
     vae = VAE(_fake("mnist", (1, 28, 28), "image"), {**VAE.defaults("mnist"), "width": 4, "logit_alpha": alpha})
@@ -186,12 +195,7 @@ def test_image_likelihood_includes_the_logit_jacobian():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (1, 1, 28, 28), generator=g, dtype=torch.uint8)
     x[0, 0, :10] = 0  # background pixels, as in MNIST
-    torch.manual_seed(11)
-    with torch.no_grad():
-        got_iwae = vae.iwae(x, 1)
-    torch.manual_seed(11)
-    with torch.no_grad():
-        got_elbo = vae.elbo(x)
+    got_iwae, got_elbo = _iwae1_and_elbo(vae, x, seed=11)
     # independent computation with the same draws: u (dequantization), then ε
     torch.manual_seed(11)
     u = torch.rand(x.shape)
@@ -264,12 +268,7 @@ def test_bernoulli_likelihood_is_the_sum_over_pixels_in_elbo_and_iwae():
     vae = VAE(_fake("binarized_mnist", (1, 28, 28), "image"), {**VAE.defaults("binarized_mnist"), "width": 4})
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 2, (2, 1, 28, 28), generator=g, dtype=torch.uint8)
-    torch.manual_seed(11)
-    with torch.no_grad():
-        got_iwae = vae.iwae(x, 1)
-    torch.manual_seed(11)
-    with torch.no_grad():
-        got_elbo = vae.elbo(x)
+    got_iwae, got_elbo = _iwae1_and_elbo(vae, x, seed=11)
     torch.manual_seed(11)
     eps = torch.randn(1, 2, vae.latent_dim)[0]
     D = torch.distributions
