@@ -264,16 +264,6 @@ def test_mnist_log_prob_is_the_dequantized_logit_density(method):
     torch.testing.assert_close(lp, _log_normal(y.flatten(1)) + log_det, rtol=1e-5, atol=1e-2)
 
 
-def _strong_otflow(seed=0, factor=0.5, **hp):
-    torch.manual_seed(seed)
-    flow = models.create("otflow", "moons", **hp).double()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype)).mul_(factor)
-    return flow
-
-
 def _naive_augmented_rk4(phi, x, nt):
     """Stage-by-stage RK4 from t = 0 to 1 on the augmented OT-Flow ODE (paper eqs., module docstring)
         ∂ₜx = −∇ₓΦ,  ∂ₜℓ = −tr ∇ₓ²Φ,  ∂ₜL = ½‖∇ₓΦ‖²,  ∂ₜR = |∂ₜΦ − ½‖∇ₓΦ‖²|,
@@ -302,14 +292,14 @@ def _naive_augmented_rk4(phi, x, nt):
 def test_otflow_objective_terms_match_a_naive_augmented_rk4():
     """The training objective α_L·E[L] + α_C·E[NLL] + α_R·E[R] and each of its terms, against an independent
     stage-by-stage RK4 of the augmented ODE with autograd derivatives (same nt, so equal to rounding)."""
-    flow = _strong_otflow(alpha=[2.0, 3.0, 7.0])
+    flow = _otflow(factor=0.5, alpha=[2.0, 3.0, 7.0])
     x = torch.randn(32, 2, dtype=torch.float64)
     nt = flow.hparams["nt"]
     state = flow.integrate(x, nt)
     y = _naive_augmented_rk4(flow.phi, x, nt)
     torch.testing.assert_close(state.detach(), y, rtol=1e-10, atol=1e-10)
     z, ell, cost, hjb = y[:, :2], y[:, 2], y[:, 3], y[:, 4]
-    nll = -(-0.5 * z.pow(2).sum(1) - math.log(2 * math.pi) + ell).mean()
+    nll = -(_log_normal(z) + ell).mean()
     terms = flow.loss_terms(x)
     assert cost.mean() > 0.1 and hjb.mean() > 0.1 and abs(cost.mean() - hjb.mean()) > 0.1  # distinguishable terms
     torch.testing.assert_close(terms["transport"].detach(), cost.mean(), rtol=1e-10, atol=1e-10)
@@ -340,13 +330,7 @@ def test_otflow_training_nll_on_images_includes_the_logit_jacobian():
 def test_hutchinson_noise_is_drawn_independently_per_example(noise):
     """One ε per example (module docstring): copies of one point get independent trace estimates, whose mean
     agrees with the exact-trace log-density; one ε shared by the batch would give every copy the same value."""
-    torch.manual_seed(0)
-    flow = models.create("ffjord", "moons", hidden=[32, 32], eval_trace_estimator="hutchinson",
-                         hutchinson_noise=noise).double()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype)).mul_(1.5)
+    flow = _ffjord(factor=1.5, hidden=[32, 32], eval_trace_estimator="hutchinson", hutchinson_noise=noise)
     x = torch.tensor([[0.3, -0.2]], dtype=torch.float64).repeat(400, 1)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -27,14 +27,20 @@ def test_log_det_matches_autograd_jacobian():
         torch.testing.assert_close(ld, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_checkerboard_log_det_matches_autograd_jacobian():
-    # The image path: checkerboard halves of a 4×4 grid (16-d), the permutation included in the Jacobian.
+def _image_flow(side: int = 28, width: int = 16, factor: float = 2.0, dtype: torch.dtype = torch.float32):
+    """RealNVP on side×side images (checkerboard halves), its weights scaled so every coupling scales and shifts."""
     torch.manual_seed(0)
-    images = SimpleNamespace(train=torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
-    flow = models.get("realnvp")(images, {"n_layers": 4, "width": 8, "logit_alpha": 0.05}).double()
+    images = SimpleNamespace(train=torch.zeros(1, 1, side, side, dtype=torch.uint8))
+    flow = models.get("realnvp")(images, {"n_layers": 4, "width": width, "logit_alpha": 0.05}).to(dtype)
     with torch.no_grad():
         for p in flow.parameters():
-            p.mul_(3.0)
+            p.mul_(factor)
+    return flow
+
+
+def test_checkerboard_log_det_matches_autograd_jacobian():
+    # The image path: checkerboard halves of a 4×4 grid (16-d), the permutation included in the Jacobian.
+    flow = _image_flow(side=4, width=8, factor=3.0, dtype=torch.float64)
     x = torch.randn(4, 16, dtype=torch.float64)
     _, log_det = flow.inverse(x)
     for xi, ld in zip(x, log_det, strict=True):
@@ -69,16 +75,6 @@ def test_sample_shape_and_finiteness():
     flow = models.create("realnvp", "moons")
     x = flow.sample(100)
     assert x.shape == (100, 2) and torch.isfinite(x).all()
-
-
-def _image_flow(seed=0):
-    torch.manual_seed(seed)
-    images = SimpleNamespace(train=torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
-    flow = models.get("realnvp")(images, {"n_layers": 4, "width": 16, "logit_alpha": 0.05})
-    with torch.no_grad():  # a non-trivial flow: every coupling scales and shifts
-        for p in flow.parameters():
-            p.mul_(2.0)
-    return flow
 
 
 def test_image_log_prob_is_the_dequantized_logit_density_through_the_flow():
