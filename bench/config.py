@@ -92,6 +92,15 @@ def _check_names(cfg: dict[str, Any]) -> None:
                     models.resolve_hparams(method, ds, deltas)
                 except UserError as exc:
                     raise UserError(f"hparams.{key}: {exc}") from None
+    for method in cfg["methods"]:  # a run that starts from others' trained runs must fit them
+        cls = models.get(method)
+        for ds in cfg["datasets"] if cls.requires else []:
+            if not cls.unsupported.get(ds):
+                required = {r: models.resolve_hparams(r, ds, overrides(cfg, r, ds)) for r in cls.requires}
+                try:
+                    cls.check_start(models.resolve_hparams(method, ds, overrides(cfg, method, ds)), required)
+                except UserError as exc:
+                    raise UserError(f"hparams of {method} on {ds}: {exc}") from None
 
 
 def overrides(cfg: dict[str, Any], method: str, dataset: str) -> dict[str, Any]:

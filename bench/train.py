@@ -351,8 +351,13 @@ def _attempt(spec: RunSpec, ds: datasets.Dataset, device: torch.device, out_dir:
 
 def load_model(run_dir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """Rebuild the trained model of a run from its checkpoint; returns (model in eval mode, checkpoint)."""
-    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    path = Path(run_dir) / CHECKPOINT
+    ckpt = load_checkpoint(path)
     spec = RunSpec(**ckpt["spec"])
+    missing = sorted(set(models.get(spec.method).defaults(spec.dataset)) - set(spec.hparams))
+    if missing:
+        raise UserError(f"checkpoint {path} predates {spec.method}'s hyper-parameter(s) {', '.join(missing)}; "
+                        f"delete it and retrain")
     ds = datasets.load(spec.dataset, spec.data_root)
     model = models.get(spec.method)(ds, spec.hparams)
     model.load_state_dict(ckpt["model"])

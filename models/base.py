@@ -44,6 +44,11 @@ class Method(nn.Module):
     def defaults(cls, dataset: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def check_start(cls, hparams: dict[str, Any], required: dict[str, dict[str, Any]]) -> None:
+        """A UserError unless a run with `hparams` can start from trained runs of the `requires` methods with the
+        hyper-parameters `required` (name -> hparams); the config checks it before any compute, `init_from` again."""
+
     def init_from(self, trained: dict[str, Method]) -> None:
         """Start from the trained models named in `requires` (called once, before the first step)."""
         if self.requires:

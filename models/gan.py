@@ -2,9 +2,11 @@
 WGAN-GP (Gulrajani et al. 2017), and the course's VAE-initialized variants (generator = trained VAE decoder).
 
 Networks: on points, MLP generator and discriminator (3 hidden layers of 128, ReLU / LeakyReLU(0.2)); on MNIST
-the course's conv generator, which IS the VAE decoder class (models/nets.py), followed by a sigmoid so images are
-in [0,1], and the conv discriminator mirroring the encoder (one output: a logit for DCGAN, a raw score for the
-WGAN critics). Real images enter the discriminator on the same [0,1] scale (pixel / (levels − 1)).
+the course's conv generator, which IS the VAE decoder class (models/nets.py), followed by the map to pixels in
+[0,1] `from_logit(out, logit_alpha)` (models/images.py): a sigmoid for logit_alpha = 0, the default; a VAE-initialized
+generator takes its VAE's map, so that it starts out drawing exactly the VAE's (mean-mode) samples. The conv
+discriminator mirrors the encoder (one output: a logit for DCGAN, a raw score for the WGAN critics). Real images
+enter the discriminator on the same [0,1] scale (pixel / (levels − 1)).
 
 One training step (`GAN.train_step`) = n_critic discriminator updates, then ONE generator update:
 - the given batch of real data is split into n_critic consecutive chunks (`tensor_split`), one fresh real
@@ -30,7 +32,9 @@ from bench.datasets import TOY_DATASETS
 from bench.errors import UserError
 from models import register
 from models.base import Losses, Method, adam
+from models.images import from_logit
 from models.nets import ConvDecoder, conv_discriminator, mlp_discriminator, mlp_net
+from models.vae import VAE
 
 IMAGE_DATASETS = ("mnist", "binarized_mnist")
 CRITIC_BATCH = {"points": 256, "image": 64}
@@ -53,7 +57,7 @@ class GAN(Method):
         kind = "image" if dataset in IMAGE_DATASETS else "points"
         n_critic = cls.n_critic_default
         if kind == "image":  # latent = the VAE's q, so the generator can load a VAE decoder
-            nets = {"latent_dim": 2, "width": 32, "steps": 50_000}
+            nets = {"latent_dim": 2, "width": 32, "logit_alpha": 0.0, "steps": 50_000}
         else:
             nets = {"latent_dim": 2, "width": 128, "hidden_layers": 3, "steps": 20_000}
         return {**nets, "n_critic": n_critic, "batch_size": n_critic * CRITIC_BATCH[kind], **cls.optimizer_defaults()}
@@ -77,9 +81,9 @@ class GAN(Method):
 
     # --- generator -----------------------------------------------------------------------------------------
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """z → samples in data space (images: sigmoid of the decoder-class output, in [0,1])."""
+        """z → samples in data space (images: `from_logit` of the decoder-class output, in [0,1])."""
         out = self.generator(z)
-        return torch.sigmoid(out) if self.image else out
+        return from_logit(out, self.hparams["logit_alpha"]) if self.image else out
 
     def sample(self, n: int) -> torch.Tensor:
         with torch.no_grad():
@@ -226,16 +230,27 @@ class _VAEInit:
                          "the conv generator); on 2-D points the VAE decoder is a Gaussian MLP, not a GAN generator"
                    for name in TOY_DATASETS}
 
+    @classmethod
+    def defaults(cls, dataset: str) -> dict[str, Any]:
+        hp = super().defaults(dataset)
+        if dataset in IMAGE_DATASETS:
+            hp["logit_alpha"] = VAE.pixel_alpha(VAE.defaults(dataset))
+        return hp
+
+    @classmethod
+    def check_start(cls, hparams: dict[str, Any], required: dict[str, dict[str, Any]]) -> None:
+        vae = required["vae"]
+        theirs = {"latent_dim": vae.get("latent_dim"), "width": vae.get("width"), "logit_alpha": VAE.pixel_alpha(vae)}
+        mismatch = {k: (v, hparams[k]) for k, v in theirs.items() if v != hparams[k]}
+        if mismatch:
+            detail = ", ".join(f"{k}: vae {a} vs {cls.name} {b}" for k, (a, b) in mismatch.items())
+            raise UserError(f"{cls.name} loads the VAE decoder into its generator, but the VAE's decoder does not fit "
+                            f"({detail}); give the GAN the VAE's latent_dim, width and logit_alpha (0 for a Bernoulli "
+                            f"decoder)")
+
     def init_from(self, trained: dict[str, Method]) -> None:
-        vae = trained["vae"]
-        mismatch = {k: (vae.hparams.get(k), self.hparams[k]) for k in ("latent_dim", "width")
-                    if vae.hparams.get(k) != self.hparams[k]}
-        if mismatch or not isinstance(vae.decoder, ConvDecoder):
-            detail = (", ".join(f"{k}: vae {a} vs {self.name} {b}" for k, (a, b) in mismatch.items())
-                      or "not a conv decoder")
-            raise UserError(f"{self.name} loads the VAE decoder into its generator, but the trained VAE's decoder does "
-                            f"not fit ({detail}); train the VAE with the same latent_dim and width as the GAN")
-        self.generator.load_state_dict(vae.decoder.state_dict())
+        self.check_start(self.hparams, {"vae": trained["vae"].hparams})
+        self.generator.load_state_dict(trained["vae"].decoder.state_dict())
 
 
 @register("dcgan-vaeinit")

@@ -3,8 +3,9 @@
 One decoder class serves as the VAE decoder and the GAN generator (so a GAN can start from a trained VAE
 decoder by loading its state dict), and one encoder class serves as the VAE encoder and the GAN
 discriminator/critic (one output, LeakyReLU). None of them applies an output non-linearity: the VAE reads the
-decoder's outputs as logit-space means or Bernoulli logits, the GAN generator applies a sigmoid to get images in
-[0,1], the DCGAN discriminator's output is a logit for BCE-with-logits and the WGAN critic's a raw score.
+decoder's outputs as logit-space means or Bernoulli logits, the GAN generator maps them to images in [0,1] (a
+sigmoid, or its VAE's inverse logit transform), the DCGAN discriminator's output is a logit for BCE-with-logits
+and the WGAN critic's a raw score.
 No batch norm anywhere: the WGAN-GP penalty needs per-example critic gradients, and the generator must hold
 exactly the VAE decoder's parameters. Activations run in place: a convolution's or linear layer's backward does
 not need its output, and rewriting it saves a fresh buffer (2-3 % more VAE training steps/s on MNIST).

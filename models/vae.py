@@ -59,6 +59,13 @@ class VAE(Method):
         return {"latent_dim": 2, "width": 128, "hidden_layers": 2, "decoder": "gaussian", "sample_mode": "full",
                 "steps": 20_000, "batch_size": 256, "lr": 1e-3, "weight_decay": 1e-5}
 
+    @staticmethod
+    def pixel_alpha(hparams: dict[str, Any]) -> float | None:
+        """α of the map `from_logit(out, α)` from an image decoder's outputs to its mean pixels (`sample` in mean
+        mode): the logit transform's for the Gaussian decoder, 0 (the sigmoid) for the Bernoulli one; None on
+        points."""
+        return hparams.get("logit_alpha") if hparams["decoder"] == "gaussian" else 0.0
+
     def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
         super().__init__(dataset, hparams)
         self.image = len(self.data_shape) > 1

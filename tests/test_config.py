@@ -29,6 +29,12 @@ def test_the_paper_config_is_valid_and_compiles_every_method_that_can_be():
     assert not any(config.loop(cfg, m).get("compile") for m in ("ffjord", "wgan-gp"))
 
 
+def test_a_vaeinit_gan_given_its_vaes_sizes_is_valid():
+    config.validate({**GOOD, "datasets": ["mnist", "moons"], "methods": ["vae", "dcgan-vaeinit"],
+                     "hparams": {"vae@mnist": {"width": 16, "logit_alpha": 0.01},
+                                 "dcgan-vaeinit": {"width": 16, "logit_alpha": 0.01}}})
+
+
 @pytest.mark.parametrize("bad, message", [
     ({**GOOD, "seedz": [0]}, "Additional properties are not allowed ('seedz'"),
     ({**GOOD, "seeds": ["zero"]}, "at seeds.0: 'zero' is not of type 'integer'"),
@@ -52,6 +58,12 @@ def test_the_paper_config_is_valid_and_compiles_every_method_that_can_be():
      "at evaluation.n_samples.points: 20000 is greater than the maximum of 10000"),  # every test set has 10,000
     ({**GOOD, "hparams": {"realnvp": {"batch_size": 0}}},
      "hparams.realnvp: hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
+    ({**GOOD, "datasets": ["mnist"], "methods": ["vae", "dcgan-vaeinit"], "hparams": {"vae": {"width": 16}}},
+     "hparams of dcgan-vaeinit on mnist: dcgan-vaeinit loads the VAE decoder into its generator, but the VAE's "
+     "decoder does not fit (width: vae 16 vs dcgan-vaeinit 32); give the GAN the VAE's latent_dim, width"),
+    ({**GOOD, "datasets": ["mnist"], "methods": ["wgan-vaeinit"], "hparams": {"wgan-vaeinit": {"logit_alpha": 0}}},
+     "hparams of wgan-vaeinit on mnist: wgan-vaeinit loads the VAE decoder into its generator, but the VAE's "
+     "decoder does not fit (logit_alpha: vae 0.05 vs wgan-vaeinit 0)"),
 ])
 def test_invalid_configs_name_the_problem(bad, message):
     with pytest.raises(UserError) as info:

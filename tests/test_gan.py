@@ -117,23 +117,40 @@ def test_gradient_penalty_matches_an_independent_per_example_computation(dataset
     torch.testing.assert_close(logs["wasserstein"], w.detach())
 
 
-def test_vaeinit_generator_is_the_vae_decoder_after_init_from():
+@pytest.mark.parametrize("dataset", ["mnist", "binarized_mnist"])
+def test_vaeinit_gan_starts_out_drawing_the_vaes_samples(dataset):
+    """After init_from, the generator is the VAE decoder and maps its outputs to pixels as the VAE does (Gaussian
+    decoder: from_logit with the VAE's α; Bernoulli: the sigmoid), so the same noise gives the VAE's mean-mode
+    samples exactly. A plain sigmoid would put the mnist background at σ(logit(α)) ≈ α, not 0."""
+    data = SimpleNamespace(**{**vars(FAKE_MNIST), "name": dataset})
     torch.manual_seed(0)
-    vae = VAE(FAKE_MNIST, {**VAE.defaults("mnist"), "width": 6})
-    gan = WGANVAEInit(FAKE_MNIST, {**WGANVAEInit.defaults("mnist"), "width": 6})
-    z = torch.randn(5, 2)
+    vae = VAE(data, {**VAE.defaults(dataset), "width": 6})
+    gan = WGANVAEInit(data, {**WGANVAEInit.defaults(dataset), "width": 6})
+    assert gan.hparams["logit_alpha"] == (0.05 if dataset == "mnist" else 0.0)
     with torch.no_grad():
-        target = torch.sigmoid(vae.decoder(z))
-        assert not torch.allclose(gan.generate(z), target)
+        vae.decoder[-1].bias.fill_(-2.9)  # logit(α + ...) of a black pixel, as a VAE trained on mnist outputs there
+        torch.manual_seed(1)
+        target = vae.sample(5)
+        torch.manual_seed(1)
+        assert not torch.allclose(gan.sample(5), target)
         gan.init_from({"vae": vae})
-        torch.testing.assert_close(gan.generate(z), target, rtol=0, atol=0)
+        torch.manual_seed(1)
+        torch.testing.assert_close(gan.sample(5), target, rtol=0, atol=0)
     assert type(gan.generator) is type(vae.decoder)  # one shared class
+
+
+def test_vaeinit_with_a_different_pixel_map_is_a_clear_error():
+    vae = VAE(FAKE_MNIST, {**VAE.defaults("mnist"), "width": 6, "logit_alpha": 0.01})
+    gan = WGANVAEInit(FAKE_MNIST, {**WGANVAEInit.defaults("mnist"), "width": 6})
+    with pytest.raises(UserError, match="logit_alpha: vae 0.01 vs wgan-vaeinit 0.05.*VAE's latent_dim, width and "
+                                        "logit_alpha"):
+        gan.init_from({"vae": vae})
 
 
 def test_vaeinit_with_a_different_latent_size_is_a_clear_error():
     vae = VAE(FAKE_MNIST, {**VAE.defaults("mnist"), "width": 6, "latent_dim": 3})
     gan = WGANVAEInit(FAKE_MNIST, {**WGANVAEInit.defaults("mnist"), "width": 6})
-    with pytest.raises(UserError, match="latent_dim: vae 3 vs wgan-vaeinit 2.*same latent_dim and width"):
+    with pytest.raises(UserError, match="latent_dim: vae 3 vs wgan-vaeinit 2.*VAE's latent_dim, width"):
         gan.init_from({"vae": vae})
 
 
@@ -187,7 +204,7 @@ def test_compiled_gan_training_logs_the_losses_eager_training_logs(name, tmp_pat
 
 
 def test_real_images_enter_the_discriminator_on_the_samples_unit_scale():
-    """pixel / 255: black is 0 and white exactly 1, the range of the generator's sigmoid and of ds.to_float."""
+    """pixel / 255: black is 0 and white exactly 1, the range of the generator's pixels and of ds.to_float."""
     gan = DCGAN(FAKE_MNIST, {**DCGAN.defaults("mnist"), "width": 4})
     x = torch.tensor([0, 1, 128, 254, 255], dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 1, 28, 28)
     got = gan.to_model_space(x)
@@ -225,5 +242,5 @@ def test_train_step_logs_the_mean_over_critic_updates_and_one_chunk_of_generator
 def test_vaeinit_with_a_different_width_is_a_clear_error():
     vae = VAE(FAKE_MNIST, {**VAE.defaults("mnist"), "width": 6})
     gan = WGANVAEInit(FAKE_MNIST, {**WGANVAEInit.defaults("mnist"), "width": 8})
-    with pytest.raises(UserError, match="width: vae 6 vs wgan-vaeinit 8.*same latent_dim and width"):
+    with pytest.raises(UserError, match="width: vae 6 vs wgan-vaeinit 8.*VAE's latent_dim, width"):
         gan.init_from({"vae": vae})

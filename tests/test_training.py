@@ -329,6 +329,17 @@ def test_a_missing_checkpoint_is_named_as_missing_not_as_corrupt(tmp_path):
         load_checkpoint(tmp_path / CHECKPOINT)
 
 
+def test_a_checkpoint_without_a_current_hyper_parameter_is_a_clear_error(tmp_path):
+    """A run trained before its method gained a hyper-parameter is not rebuilt with a guessed value."""
+    train(_spec(steps=10), tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT
+    ckpt = load_checkpoint(path)
+    del ckpt["spec"]["hparams"]["width"]
+    save_torch(path, ckpt)
+    with pytest.raises(UserError, match=f"checkpoint {path} predates realnvp's hyper-parameter.s. width; delete it"):
+        train_module.load_model(tmp_path)
+
+
 def test_epoch_sampler_covers_each_epoch_once_and_is_a_function_of_step():
     s = EpochSampler(100, 10, seed=3)
     first = torch.cat([s.indices(i) for i in range(10)])
