@@ -52,10 +52,11 @@ class VAE(Method):
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
         if dataset in ("mnist", "binarized_mnist"):
-            decoder = "bernoulli" if dataset == "binarized_mnist" else "gaussian"
-            return {"latent_dim": 2, "width": 32, "decoder": decoder,
-                    "logit_alpha": 0.05, "sample_mode": "mean", "steps": STEPS_50_EPOCHS, "batch_size": 64,
-                    "lr": 1e-3, "weight_decay": 1e-5}
+            # binary pixels: a Bernoulli decoder; gray ones: a Gaussian decoder in logit space (models/images.py)
+            pixels = ({"decoder": "bernoulli"} if dataset == "binarized_mnist"
+                      else {"decoder": "gaussian", "logit_alpha": 0.05})
+            return {"latent_dim": 2, "width": 32, **pixels, "sample_mode": "mean", "steps": STEPS_50_EPOCHS,
+                    "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-5}
         return {"latent_dim": 2, "width": 128, "hidden_layers": 2, "decoder": "gaussian", "sample_mode": "full",
                 "steps": 20_000, "batch_size": 256, "lr": 1e-3, "weight_decay": 1e-5}
 

@@ -61,6 +61,8 @@ def test_a_vaeinit_gan_given_its_vaes_sizes_is_valid():
     ({**GOOD, "datasets": ["mnist"], "methods": ["vae", "dcgan-vaeinit"], "hparams": {"vae": {"width": 16}}},
      "hparams of dcgan-vaeinit on mnist: dcgan-vaeinit loads the VAE decoder into its generator, but the VAE's "
      "decoder does not fit (width: vae 16 vs dcgan-vaeinit 32); give the GAN the VAE's latent_dim, width"),
+    ({**GOOD, "datasets": ["binarized_mnist"], "methods": ["vae"], "hparams": {"vae": {"logit_alpha": 0.1}}},
+     "unknown hyper-parameter(s) logit_alpha for method 'vae'"),  # the Bernoulli decoder has no logit transform
     ({**GOOD, "datasets": ["mnist"], "methods": ["wgan-vaeinit"], "hparams": {"wgan-vaeinit": {"logit_alpha": 0}}},
      "hparams of wgan-vaeinit on mnist: wgan-vaeinit loads the VAE decoder into its generator, but the VAE's "
      "decoder does not fit (logit_alpha: vae 0.05 vs wgan-vaeinit 0)"),
