@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,15 @@ def train_classifier(out: Path, data_root: str | None = None, epochs: int = 5, s
     return info
 
 
-def load_classifier(path: Path) -> tuple[MnistClassifier, dict[str, Any]]:
+class Classifier(NamedTuple):
+    """A loaded classifier: its file (torch-fidelity reads the weights from it), the network and its record."""
+
+    path: Path
+    net: MnistClassifier
+    info: dict[str, Any]
+
+
+def load_classifier(path: Path) -> Classifier:
     """The classifier `train_classifier` wrote to `path` and its record (test accuracy, weights hash) beside it; a
     missing, unreadable or foreign file is a UserError naming it."""
     path = Path(path)
@@ -71,4 +79,4 @@ def load_classifier(path: Path) -> tuple[MnistClassifier, dict[str, Any]]:
                         f"delete it and {redo}") from None
     if not isinstance(info, dict) or "test_accuracy" not in info:
         raise UserError(f"{path.with_suffix('.json')} is not a classifier record; delete it and {redo}")
-    return model.eval(), info
+    return Classifier(path, model.eval(), info)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
 from metrics.wasserstein import MAX_DENSE_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
+
+if TYPE_CHECKING:
+    from bench.classifier import Classifier
 
 METRICS_FILE = "metrics.json"
 CLASSIFIER_METRICS = ("fid", "precision", "recall", "classes_covered", "class_kl")  # on images, from its features
@@ -214,7 +217,7 @@ def dense_ot_budget(environ: dict[str, str] | None = None) -> float:
 
 
 def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, Any],
-                   classifier: Path | None) -> list[Record]:
+                   classifier: Classifier | None) -> list[Record]:
     """Sample-based metrics of `generated` (n samples in data space) against the first n test points."""
     n = len(generated)
     real_data = ds.to_float(ds.test[:n])
@@ -258,18 +261,16 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
             run("high_quality", lambda: cov.high_quality_fraction, threshold="3 sigma")
             run("mode_kl", lambda: cov.kl_to_uniform, "nats", histogram="high-quality samples vs uniform")
     elif classifier is not None:
-        from bench.classifier import load_classifier
         from metrics.fid import register_mnist_extractor, torch_fidelity_metrics
 
-        net, info = load_classifier(classifier)
-        name, accuracy = register_mnist_extractor(classifier), info["test_accuracy"]
+        name, accuracy = register_mnist_extractor(classifier.path), classifier.info["test_accuracy"]
         tf_metrics = ("fid", "precision", "recall")
         tf = shared(tf_metrics, lambda: torch_fidelity_metrics(generated, real_data, extractor_name=name,
-                                                                weights_path=classifier))
+                                                                weights_path=classifier.path))
         for key in tf_metrics if tf is not None else ():
             run(key, lambda key=key: tf[key], extractor=name, classifier_test_accuracy=accuracy, via="torch-fidelity")
         classes = shared(("classes_covered", "class_kl"), lambda: class_coverage(_batched(
-            net, generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
+            classifier.net, generated, s["batch_size"], torch.device("cpu")).argmax(1).long(), 10))
         if classes is not None:
             run("classes_covered", lambda: classes.classes_covered, of=10, classifier=name)
             run("class_kl", lambda: classes.kl_to_uniform, "nats", classifier=name)
@@ -285,17 +286,19 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
     return out
 
 
-def check_evaluators(classifier: Path | None, s: dict[str, Any]) -> None:
+def check_evaluators(classifier: Path | None, s: dict[str, Any]) -> Classifier | None:
     """Read the feature extractors' files before any metric is computed: a missing or broken one is a UserError
-    naming it, not a metric failed after the likelihood's compute."""
+    naming it, not a metric failed after the likelihood's compute. Returns the loaded classifier, if any."""
+    loaded = None
     if classifier is not None:
         from bench.classifier import load_classifier
 
-        load_classifier(classifier)
+        loaded = load_classifier(classifier)
     if s["inception_weights"] and not Path(s["inception_weights"]).is_file():
         raise UserError(f"no Inception weights at {s['inception_weights']}: set evaluation.inception_weights to "
                         "a local copy of torch-fidelity's weights file (weights-inception-2015-12-05-6726825d.pth) "
                         "or unset it")
+    return loaded
 
 
 def _timed_group(fn: Callable[[], list[Record]], name: str) -> list[Record]:
@@ -314,7 +317,7 @@ def _timed_group(fn: Callable[[], list[Record]], name: str) -> list[Record]:
 def evaluate(run_dir: Path, settings: dict[str, Any] | None = None, classifier: Path | None = None) -> dict[str, Any]:
     """Evaluate a trained and sampled run; writes and returns `run_dir/metrics.json`."""
     run_dir, s = Path(run_dir), settings_for(settings)
-    check_evaluators(classifier, s)
+    loaded = check_evaluators(classifier, s)
     model, ckpt = load_model(run_dir, s["device"])
     spec, status = ckpt["spec"], ckpt["status"]
     ds = datasets.load(spec["dataset"], spec["data_root"])
@@ -327,7 +330,7 @@ def evaluate(run_dir: Path, settings: dict[str, Any] | None = None, classifier: 
                             f"{sample_size(ds, s)}; re-run `dgmbench sample`")
         torch.manual_seed(spec["seed"] + 2_000_003)  # dequantization and importance-sampling noise
         records = _timed_group(lambda: likelihood_records(model, ds, s), "likelihood")
-        records += _timed_group(lambda: sample_records(ds, saved["samples"], s, classifier), "samples")
+        records += _timed_group(lambda: sample_records(ds, saved["samples"], s, loaded), "samples")
         records.append(Record("samples_per_s", saved["samples_per_s"], n=saved["n"], unit="1/s",
                               settings={"device": s["device"]}))
         records = _selected(records, s)
@@ -348,10 +351,10 @@ def reference(dataset: str, out: Path, settings: dict[str, Any] | None = None, d
     """The data-vs-data floor: sample metrics of n training points against the n test points, and the data's
     own entropy (the NLL floor) where its density is known. Written in the shape of a run's metrics.json."""
     s = settings_for(settings)
-    check_evaluators(classifier, s)
+    loaded = check_evaluators(classifier, s)
     ds = datasets.load(dataset, data_root)
     n = sample_size(ds, s)
-    records = _timed_group(lambda: sample_records(ds, ds.to_float(ds.train[:n]), s, classifier), "samples")
+    records = _timed_group(lambda: sample_records(ds, ds.to_float(ds.train[:n]), s, loaded), "samples")
     if ds.log_prob is not None and wanted(s, "test_nll"):
         res = nll_nats(ds.log_prob(ds.test))
         records.insert(0, Record("test_nll", res.mean, res.stderr, res.n, "nats",

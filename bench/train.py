@@ -354,11 +354,12 @@ def load_model(run_dir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]
     path = Path(run_dir) / CHECKPOINT
     ckpt = load_checkpoint(path)
     spec = RunSpec(**ckpt["spec"])
-    missing = sorted(set(models.get(spec.method).defaults(spec.dataset)) - set(spec.hparams))
+    method = models.get(spec.method)
+    missing = sorted(set(method.defaults(spec.dataset)) - set(spec.hparams))
     if missing:
         raise UserError(f"checkpoint {path} predates {spec.method}'s hyper-parameter(s) {', '.join(missing)}; "
                         f"delete it and retrain")
     ds = datasets.load(spec.dataset, spec.data_root)
-    model = models.get(spec.method)(ds, spec.hparams)
+    model = method(ds, spec.hparams)
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval(), ckpt
