@@ -1,5 +1,6 @@
 """The image pieces every image model shares: the logit transform's value and log-Jacobian (models/images.py), and
 the conv nets' one-channel layers, whose CPU kernels differ from the ordinary layers' (models/nets.py)."""
+import copy
 import math
 
 import pytest
@@ -75,3 +76,24 @@ def test_one_channel_conv_transpose_is_the_ordinary_layer_and_restores_onednn():
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert list(ConvDecoder(2, 4).state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
+
+
+def test_decoder_first_layer_is_column_major_through_loading_and_copies_with_the_same_weight_gradient():
+    """The decoder's first weight stays column-major (the layout its fast backward needs) in a model that loads
+    another's state_dict, a deep copy and a moved copy; its function and weight gradient are nn.Linear's, bit for
+    bit, and the input gradient agrees to float rounding."""
+    torch.manual_seed(0)
+    decoder, loaded = ConvDecoder(2, 4), ConvDecoder(2, 4)
+    loaded.load_state_dict(decoder.state_dict())
+    for d in (decoder, loaded, copy.deepcopy(decoder), decoder.to(torch.float32)):
+        assert d[0].weight.stride() == (1, d[0].out_features)
+    plain = nn.Linear(2, 392)
+    plain.load_state_dict(decoder[0].state_dict())
+    assert plain.weight.stride() == (2, 1)
+    z, grad_out = torch.randn(8, 2, requires_grad=True), torch.randn(8, 392)
+    got, want = decoder[0](z), plain(z)
+    assert torch.equal(got, want)
+    got_grads = torch.autograd.grad(got, [z, decoder[0].weight], grad_out)
+    want_grads = torch.autograd.grad(want, [z, plain.weight], grad_out)
+    assert torch.equal(got_grads[1], want_grads[1])
+    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-5, atol=1e-5)
