@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from models.base import mlp
+from models.base import linear, mlp
 
 IMAGE_SIDE = 28  # two stride-2 convolutions: 28 → 14 → 7
 
@@ -117,17 +117,6 @@ class OneChannelConvTranspose2d(nn.ConvTranspose2d):
             return super().forward(x)
 
 
-def _column_major(layer: nn.Linear) -> nn.Linear:
-    """`layer` with its weight stored column-major: the same values, shape and state_dict (loading copies into it).
-    Autograd computes a weight's gradient in the weight's own layout, and MKL writes a product with only two or four
-    output columns slowly. For the decoder's first layer (q = 2 → 3,136, batch 64, one CPU thread) the two backward
-    products take 230 and 224 µs with nn.Linear's row-major weight and 44 and 37 µs with this one, +2 % VAE training
-    steps/s on MNIST. The weight's gradient is the same bit for bit, the input's changes in the last bits (another
-    summation order)."""
-    layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t())
-    return layer
-
-
 class ConvDecoder(nn.Sequential):
     """z (N×q) → N×1×28×28 per-pixel outputs: Linear(q → 2w·7·7) → ReLU → ConvT(2w→w,4,2,1) → ReLU → ConvT(w→1,4,2,1).
 
@@ -136,7 +125,7 @@ class ConvDecoder(nn.Sequential):
     def __init__(self, latent_dim: int, width: int) -> None:
         side = IMAGE_SIDE // 4
         super().__init__(
-            _column_major(nn.Linear(latent_dim, 2 * width * side * side)), nn.ReLU(inplace=True),
+            linear(latent_dim, 2 * width * side * side), nn.ReLU(inplace=True),
             nn.Unflatten(1, (2 * width, side, side)),
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.ReLU(inplace=True),
             OneChannelConvTranspose2d(width, 1, 4, 2, 1),

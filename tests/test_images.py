@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.images import from_logit, to_logit
-from models.nets import ConvDecoder, ConvEncoder, OneChannelConv2d, OneChannelConvTranspose2d
+from models.nets import ConvDecoder, ConvEncoder, OneChannelConv2d, OneChannelConvTranspose2d, mlp_net
 
 
 @pytest.mark.parametrize("alpha", [0.05, 1e-6])  # RealNVP/VAE/OT-Flow's and FFJORD's
@@ -78,22 +78,27 @@ def test_one_channel_conv_transpose_is_the_ordinary_layer_and_restores_onednn():
     assert list(ConvDecoder(2, 4).state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
 
 
-def test_decoder_first_layer_is_column_major_through_loading_and_copies_with_the_same_weight_gradient():
-    """The decoder's first weight stays column-major (the layout its fast backward needs) in a model that loads
-    another's state_dict, a deep copy and a moved copy; its function and weight gradient are nn.Linear's, bit for
-    bit, and the input gradient agrees to float rounding."""
+@pytest.mark.parametrize("net", ["decoder", "mlp"])
+def test_widening_layers_are_column_major_through_loading_and_copies_with_the_same_weight_gradient(net):
+    """models.base.linear: a layer with fewer inputs than outputs (the conv decoder's first, an MLP's first on 2-D
+    data) keeps its weight column-major, the layout its fast backward needs, in a model that loads another's
+    state_dict, a deep copy and a moved copy; a narrowing layer stays row-major. The function and the weight's
+    gradient are nn.Linear's bit for bit, the input's gradient agrees to float rounding."""
     torch.manual_seed(0)
-    decoder, loaded = ConvDecoder(2, 4), ConvDecoder(2, 4)
-    loaded.load_state_dict(decoder.state_dict())
-    for d in (decoder, loaded, copy.deepcopy(decoder), decoder.to(torch.float32)):
-        assert d[0].weight.stride() == (1, d[0].out_features)
-    plain = nn.Linear(2, 392)
-    plain.load_state_dict(decoder[0].state_dict())
+    build = {"decoder": lambda: ConvDecoder(2, 4), "mlp": lambda: mlp_net(2, 2, 64, 2)}[net]
+    model, loaded = build(), build()
+    loaded.load_state_dict(model.state_dict())
+    first, last = model[0], [m for m in model if isinstance(m, nn.Linear)][-1]
+    for m in (model, loaded, copy.deepcopy(model), model.to(torch.float32)):
+        assert m[0].weight.stride() == (1, m[0].out_features)
+    assert net == "decoder" or last.weight.stride() == (last.in_features, 1)
+    plain = nn.Linear(first.in_features, first.out_features)
+    plain.load_state_dict(first.state_dict())
     assert plain.weight.stride() == (2, 1)
-    z, grad_out = torch.randn(8, 2, requires_grad=True), torch.randn(8, 392)
-    got, want = decoder[0](z), plain(z)
+    z, grad_out = torch.randn(8, 2, requires_grad=True), torch.randn(8, first.out_features)
+    got, want = first(z), plain(z)
     assert torch.equal(got, want)
-    got_grads = torch.autograd.grad(got, [z, decoder[0].weight], grad_out)
+    got_grads = torch.autograd.grad(got, [z, first.weight], grad_out)
     want_grads = torch.autograd.grad(want, [z, plain.weight], grad_out)
     assert torch.equal(got_grads[1], want_grads[1])
     torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-5, atol=1e-5)
