@@ -8,6 +8,7 @@ higher-is-better metrics negated. Metrics without a known direction are never co
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,9 +94,13 @@ def summarize(values: Sequence[float], level: float = 0.95) -> SeedSummary:
     return SeedSummary(ci.mean, sd, ci.half_width, float(np.median(x)), tuple(float(v) for v in x))
 
 
+def _constant(x: Sequence[float]) -> bool:
+    """Every value of x equal (exactly: float rounding in a mean is no variance)."""
+    return bool(np.ptp(np.asarray(x, dtype=float)) == 0)
+
+
 def _both_constant(x: Sequence[float], y: Sequence[float]) -> bool:
-    """Every value of x equal and every value of y equal (exactly: float rounding in a mean is no variance)."""
-    return bool(np.ptp(np.asarray(x, dtype=float)) == 0 and np.ptp(np.asarray(y, dtype=float)) == 0)
+    return _constant(x) and _constant(y)
 
 
 def welch_p(x: Sequence[float], y: Sequence[float]) -> float:
@@ -106,7 +111,10 @@ def welch_p(x: Sequence[float], y: Sequence[float]) -> float:
     Reference: Welch (1947), Biometrika 34:28–35."""
     if min(len(x), len(y)) < 2 or _both_constant(x, y):
         return math.nan
-    return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    with warnings.catch_warnings():
+        if _constant(x) or _constant(y):  # an exact zero variance (every seed scored alike), not a cancellation
+            warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
+        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 
 
 def mann_whitney_p(x: Sequence[float], y: Sequence[float]) -> float:

@@ -146,11 +146,12 @@ class FusedAdam(torch.optim.Adam):
     def _build_plan(self) -> None:
         """The plan for the parameters that have a gradient now, if they all have state and the options allow."""
         groups = self.param_groups
+        if any(group["amsgrad"] or group["differentiable"] or group["decoupled_weight_decay"]
+               or torch.is_tensor(group["lr"]) for group in groups):
+            return  # options this path does not cover
         live = [[p for p in group["params"] if p.grad is not None] for group in groups]
         params = [p for group_live in live for p in group_live]
-        plain = not any(group["amsgrad"] or group["differentiable"] or group["decoupled_weight_decay"]
-                        or torch.is_tensor(group["lr"]) for group in groups)
-        if not plain or len({(p.device, p.dtype) for p in params}) != 1 or not all(self.state.get(p) for p in params):
+        if len({(p.device, p.dtype) for p in params}) != 1 or not all(self.state.get(p) for p in params):
             return
         counters = torch.stack([self.state[p]["step"] for p in params])
         for i, p in enumerate(params):
@@ -181,7 +182,7 @@ class FusedAdam(torch.optim.Adam):
         return None
 
 
-def linear(n_in: int, n_out: int) -> nn.Linear:
+def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
     """nn.Linear(n_in, n_out), its weight stored column-major when it has fewer inputs than outputs: the same values,
     shape and state_dict (loading copies into it). Autograd computes a weight's gradient in the weight's layout, and
     MKL writes a product with two to eight output columns slowly. With the column-major weight the layer's two
@@ -189,7 +190,7 @@ def linear(n_in: int, n_out: int) -> nn.Linear:
     37 µs against 230 and 224 for the conv decoder's 2 → 3,136 at batch 64, 8 and 8 against 37 and 41 µs for 2 → 128
     at batch 256 (one CPU thread); the forward is as fast either way. The weight's gradient is the same bit for bit,
     the input's changes in the last bits (another summation order)."""
-    layer = nn.Linear(n_in, n_out)
+    layer = nn.Linear(n_in, n_out, bias=bias)
     if n_in < n_out:
         layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t())
     return layer

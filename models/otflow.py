@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import register
-from models.base import Method
+from models.base import Method, linear
 from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
 
 
@@ -66,7 +66,7 @@ class Potential(nn.Module):
         super().__init__()
         self.d, self.m, self.h = d, m, 1.0
         r = min(rank, d + 1)
-        self.K0 = nn.Linear(d + 1, m)
+        self.K0 = linear(d + 1, m)  # column-major on 2-D data: ∇Φ's product with K₀ backpropagates wide
         self.K1 = nn.Linear(m, m)
         # w = 1: Φ starts as Σⱼ N(s)ⱼ, already a strong flow (moons NLL ≈ 12.5 nats at init, falling below 1.5
         # within 300 steps); zeroing w, A and b gives the identity flow.
@@ -222,7 +222,8 @@ class OTFlow(Method):
     def integrate(self, x: torch.Tensor, nt: int) -> torch.Tensor:
         """RK4 from t = 0 to 1 in nt steps: the final state [z, ℓ, L, R] (B×(d+3)). ℓ, L and R do not feed back into
         the dynamics, so their rates are computed for all 4·nt stages together after the last one, and integrated
-        with RK4's weights: a training step dispatches 1,427 operations instead of 2,240 stage by stage. (The batch's
+        with RK4's weights: a training step dispatched 1,427 operations instead of 2,240 stage by stage (1,444 since
+        K₀'s weight is column-major, whose products' backward adds a transposed view per stage). (The batch's
         0.5–1 MiB buffers would come fresh from the kernel at every step without `bench.allocator`, which the CLI
         applies.)"""
         stages: list[tuple[torch.Tensor, ...]] = []
