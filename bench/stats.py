@@ -109,10 +109,11 @@ def welch_p(x: Sequence[float], y: Sequence[float]) -> float:
     ν = (s_x²/n_x + s_y²/n_y)² / [(s_x²/n_x)²/(n_x−1) + (s_y²/n_y)²/(n_y−1)] degrees of freedom.
     nan with fewer than two values on a side or when both sides are constant (t undefined).
     Reference: Welch (1947), Biometrika 34:28–35."""
-    if min(len(x), len(y)) < 2 or _both_constant(x, y):
+    x_constant, y_constant = _constant(x), _constant(y)
+    if min(len(x), len(y)) < 2 or (x_constant and y_constant):
         return math.nan
     with warnings.catch_warnings():
-        if _constant(x) or _constant(y):  # an exact zero variance (every seed scored alike), not a cancellation
+        if x_constant or y_constant:  # an exact zero variance (every seed scored alike), not a cancellation
             warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
         return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
 

@@ -129,7 +129,6 @@ def test_ratio_is_the_median_of_per_window_ratios():
 def test_otflow_step_dispatches_a_third_of_the_operations_of_the_course_code():
     """OT-Flow's step is dispatch-bound (README, Performance): 1,444 operations against the course code's 4,429 at the
     default size on moons."""
-    from bench import datasets
     from bench.perf.training import reference_step, suite_step
 
     ds, cpu = datasets.load("moons"), torch.device("cpu")
