@@ -1,5 +1,7 @@
-"""The performance harness's reference implementations compute what the suite's do (so a ratio compares like with
-like), and every reference step runs."""
+"""The performance harness: its reference implementations compute what the suite's do (so a ratio compares like
+with like) and every reference step runs; its paper runs, targets, windows and ratios. And the properties the suite's
+speed rests on, checked where they can break: OT-Flow's operation count per step, the page faults that keeping
+freed memory spares, the imports a sampling job skips, the layout of widening layers' weights."""
 import platform
 import subprocess
 import sys
