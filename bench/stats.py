@@ -99,10 +99,6 @@ def _constant(x: Sequence[float]) -> bool:
     return bool(np.ptp(np.asarray(x, dtype=float)) == 0)
 
 
-def _both_constant(x: Sequence[float], y: Sequence[float]) -> bool:
-    return _constant(x) and _constant(y)
-
-
 def welch_p(x: Sequence[float], y: Sequence[float]) -> float:
     """Two-sided p-value of Welch's unequal-variance t-test:
     t = (x̄ − ȳ)/√(s_x²/n_x + s_y²/n_y) on
@@ -156,7 +152,7 @@ def hedges_g(x: Sequence[float], y: Sequence[float]) -> float:
     if min(nx, ny) < 2:
         return math.nan
     sp = math.sqrt(((nx - 1) * a.var(ddof=1) + (ny - 1) * b.var(ddof=1)) / (nx + ny - 2))
-    if _both_constant(a, b):
+    if _constant(a) and _constant(b):
         return math.nan
     return (1 - 3 / (4 * (nx + ny) - 9)) * (a.mean() - b.mean()) / sp
 

@@ -89,7 +89,7 @@ def test_widening_layers_are_column_major_through_loading_and_copies_with_the_sa
     model, loaded = build(), build()
     loaded.load_state_dict(model.state_dict())
     first, last = model[0], [m for m in model if isinstance(m, nn.Linear)][-1]
-    for m in (model, loaded, copy.deepcopy(model), model.to(torch.float32)):
+    for m in (model, loaded, copy.deepcopy(model), copy.deepcopy(model).double()):
         assert m[0].weight.stride() == (1, m[0].out_features)
     assert net == "decoder" or last.weight.stride() == (last.in_features, 1)
     plain = nn.Linear(first.in_features, first.out_features)
