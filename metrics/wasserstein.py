@@ -30,6 +30,20 @@ _RESULT = {0: "infeasible problem", 2: "unbounded problem", 3: "iteration cap re
 MAX_DENSE_BYTES = 8 * 2**30
 
 
+def cost_matrix(xs: np.ndarray, ys: np.ndarray, p: int) -> np.ndarray:
+    """The n×m cost matrix ‖x_i − y_j‖^p (p ∈ {1, 2}) of float64 arrays: ``ot.dist``'s arithmetic
+    (‖x‖² + ‖y‖² − 2·xᵀy, clipped at 0, square root for p = 1), bit for bit, computed in place. ``ot.dist`` allocates
+    three to four n×m temporaries; at n = m = 10,000 it took 3.0–5.3 s here against 0.5 s in place."""
+    cost = xs @ ys.T
+    cost *= -2
+    cost += np.einsum("ij,ij->i", xs, xs)[:, None]
+    cost += np.einsum("ij,ij->i", ys, ys)[None, :]
+    np.maximum(cost, 0, out=cost)
+    if p == 1:
+        np.sqrt(cost, out=cost)
+    return cost
+
+
 def exact_solver(n: int, m: int, max_dense_bytes: float = MAX_DENSE_BYTES) -> str:
     """The POT solver `exact_wasserstein` runs for n against m points: "emd2" (dense) when its memory, about
     4·n·m·8 bytes (cost matrix, plan, copies; 1.3 GB measured at n = m = 6,000 in 2-D, against 1.15 GB estimated),
@@ -71,7 +85,7 @@ def exact_wasserstein(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="numItermax reached")  # we raise our own error below
         if exact_solver(n, m, max_dense_bytes) == "emd2":
-            cost, log = ot.emd2(a, b, ot.dist(xs, ys, metric=_METRIC[p]), numItermax=num_iter_max, log=True)
+            cost, log = ot.emd2(a, b, cost_matrix(xs, ys, p), numItermax=num_iter_max, log=True)
         else:
             cost, log = ot.lp.emd2_lazy(
                 xs, ys, a, b, metric=_METRIC[p], numItermax=num_iter_max, log=True, return_matrix=False

@@ -6,7 +6,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from metrics.wasserstein import OTNotConvergedError, exact_solver, exact_wasserstein, sliced_wasserstein
+from metrics.wasserstein import (
+    OTNotConvergedError,
+    cost_matrix,
+    exact_solver,
+    exact_wasserstein,
+    sliced_wasserstein,
+)
 
 
 def _cloud(n, d=2, seed=0):
@@ -29,6 +35,17 @@ def test_matches_optimal_assignment_from_scipy():
     eu = cdist(x, y)
     rows, cols = linear_sum_assignment(eu)
     assert exact_wasserstein(x, y, p=1) == pytest.approx(eu[rows, cols].mean(), rel=1e-10)
+
+
+@pytest.mark.parametrize(("p", "metric"), [(1, "euclidean"), (2, "sqeuclidean")])
+def test_cost_matrix_is_ot_dist_bit_for_bit(p, metric):
+    # The in-place cost matrix must not move any exact W: it is POT's own arithmetic, and the distances are right.
+    import ot
+
+    x, y = _cloud(300, d=3, seed=7) * 5, _cloud(200, d=3, seed=8)
+    cost = cost_matrix(x, y, p)
+    np.testing.assert_array_equal(cost, ot.dist(x, y, metric=metric))
+    np.testing.assert_allclose(cost, cdist(x, y, metric), rtol=1e-10, atol=1e-12)
 
 
 def test_uniform_weights_with_unequal_sizes():
