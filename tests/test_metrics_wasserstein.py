@@ -1,6 +1,7 @@
 """Tests for metrics.wasserstein: translation and assignment oracles, convergence checking, lazy fallback."""
 
 import numpy as np
+import ot
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -40,8 +41,6 @@ def test_matches_optimal_assignment_from_scipy():
 @pytest.mark.parametrize(("p", "metric"), [(1, "euclidean"), (2, "sqeuclidean")])
 def test_cost_matrix_is_ot_dist_bit_for_bit(p, metric):
     # The in-place cost matrix must not move any exact W: it is POT's own arithmetic, and the distances are right.
-    import ot
-
     x, y = _cloud(300, d=3, seed=7) * 5, _cloud(200, d=3, seed=8)
     cost = cost_matrix(x, y, p)
     np.testing.assert_array_equal(cost, ot.dist(x, y, metric=metric))
