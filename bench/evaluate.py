@@ -3,8 +3,8 @@
 - Likelihood models: exact test NLL over the whole test set (bits/dim on images); CNFs add their solver
   settings, number of function evaluations and inverse error. Latent-variable models: ELBO, IWAE_k and the
   ELBO gap; their test NLL is the IWAE bound with the largest k. Flows report an ELBO gap of 0 by construction.
-- Every model's samples: exact W1 and W2 (POT; its lazy solver where the dense one would need more than
-  `dense_ot_budget()`) and sliced W2 against the same number of test points;
+- Every model's samples: exact W1 and W2 (POT's dense solver, the certified multiscale one above 2,000 points, or
+  POT's lazy one where neither fits `ot_memory_budget()`) and sliced W2 against the same number of test points;
   2-D: k-NN precision/recall in data space and, for mixtures, mode coverage; images: FID, precision/recall
   (torch-fidelity on the suite's MNIST classifier features) and class coverage.
 - `reference` applies the sample metrics to real data (train vs test, same n): the noise floor every model's
@@ -36,7 +36,7 @@ from bench.train import PROVENANCE, load_model
 from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
-from metrics.wasserstein import MAX_DENSE_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
+from metrics.wasserstein import MAX_OT_BYTES, exact_solver, exact_wasserstein, sliced_wasserstein
 
 if TYPE_CHECKING:
     from bench.classifier import Classifier
@@ -197,8 +197,8 @@ def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup"),
     return min(limits, default=None)
 
 
-def dense_ot_budget(environ: dict[str, str] | None = None) -> float:
-    """Bytes exact W may spend on POT's dense solver before it takes the lazy one (as exact, O(n) memory): half the
+def ot_memory_budget(environ: dict[str, str] | None = None) -> float:
+    """Bytes exact W may spend before it takes POT's lazy solver (as exact, O(n) memory; `exact_solver`): half the
     memory this job may use, at most the metric's own 8 GiB. That memory is the least of the machine's, its cgroup
     limit (`cgroup_memory_limit`), and a SLURM job's allocation where there is one (`--mem`, or `--mem-per-cpu` ×
     `--cpus-per-task`), so that a large n in a container or on a cluster computes W instead of getting the job
@@ -213,7 +213,7 @@ def dense_ot_budget(environ: dict[str, str] | None = None) -> float:
         memory.append(int(env["SLURM_MEM_PER_NODE"]) * 2**20)
     elif env.get("SLURM_MEM_PER_CPU"):
         memory.append(int(env["SLURM_MEM_PER_CPU"]) * int(env.get("SLURM_CPUS_PER_TASK", 1)) * 2**20)
-    return min([MAX_DENSE_BYTES, *(m / 2 for m in memory)])
+    return min([MAX_OT_BYTES, *(m / 2 for m in memory)])
 
 
 def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, Any],
@@ -242,10 +242,11 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
             out.append(Record(metric, float(value), n=n, unit=unit, settings={"reference": "test", **settings},
                               wall_time_s=time.perf_counter() - t0))
 
-    budget = dense_ot_budget()
-    solver = f"POT {exact_solver(n, n, budget)} exact"
-    run("w1", lambda: exact_wasserstein(gen, real, p=1, max_dense_bytes=budget), solver=solver)
-    run("w2", lambda: exact_wasserstein(gen, real, p=2, max_dense_bytes=budget), solver=solver)
+    budget = ot_memory_budget()
+    for metric, p in (("w1", 1), ("w2", 2)):
+        solver = exact_solver(n, n, p, budget)
+        run(metric, lambda p=p, solver=solver: exact_wasserstein(gen, real, p=p, solver=solver),
+            solver=f"POT {solver} exact")
     run("sliced_w2", lambda: sliced_wasserstein(gen, real, n_projections=s["sliced_projections"], seed=0),
         projections=s["sliced_projections"])
     if ds.kind == "points":

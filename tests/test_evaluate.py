@@ -12,6 +12,7 @@ from bench.errors import UserError
 from bench.sampling import sample_run
 from bench.train import RunSpec, train
 from conftest import needs_mnist
+from metrics import wasserstein
 
 LOOP = {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 200}
 SMALL_EVAL = {"n_samples": {"points": 300}, "iwae_k": [1, 10], "iwae_n_test": {"points": 100}}
@@ -65,12 +66,12 @@ def test_a_failing_metric_is_recorded_and_the_others_kept(tmp_path, monkeypatch)
     assert rec["sliced_w2"]["status"] == "ok" and rec["test_nll"]["status"] == "ok"
 
 
-def test_dense_ot_budget_is_half_the_jobs_memory_at_most_8_gib():
-    mib, physical = 2**20, ev.dense_ot_budget({})
+def test_ot_memory_budget_is_half_the_jobs_memory_at_most_8_gib():
+    mib, physical = 2**20, ev.ot_memory_budget({})
     assert 0 < physical <= 8 * 2**30
-    assert ev.dense_ot_budget({"SLURM_MEM_PER_NODE": "6000"}) == min(3000 * mib, physical)
-    assert ev.dense_ot_budget({"SLURM_MEM_PER_CPU": "1000", "SLURM_CPUS_PER_TASK": "3"}) == min(1500 * mib, physical)
-    assert ev.dense_ot_budget({"SLURM_MEM_PER_CPU": "1000"}) == min(500 * mib, physical)
+    assert ev.ot_memory_budget({"SLURM_MEM_PER_NODE": "6000"}) == min(3000 * mib, physical)
+    assert ev.ot_memory_budget({"SLURM_MEM_PER_CPU": "1000", "SLURM_CPUS_PER_TASK": "3"}) == min(1500 * mib, physical)
+    assert ev.ot_memory_budget({"SLURM_MEM_PER_CPU": "1000"}) == min(500 * mib, physical)
 
 
 def test_the_cgroup_memory_limit_is_the_least_on_the_process_cgroup_and_above(tmp_path, monkeypatch):
@@ -94,11 +95,11 @@ def test_the_cgroup_memory_limit_is_the_least_on_the_process_cgroup_and_above(tm
     assert ev.cgroup_memory_limit(**unlimited) is None
     assert ev.cgroup_memory_limit(tmp_path, tmp_path / "missing") is None
     monkeypatch.setattr(ev, "cgroup_memory_limit", lambda: 4 * 2**20)
-    assert ev.dense_ot_budget({}) == 2 * 2**20
+    assert ev.ot_memory_budget({}) == 2 * 2**20
 
 
 def test_exact_w_in_a_small_slurm_allocation_takes_the_lazy_solver_and_the_same_value(monkeypatch):
-    """n = 300 needs 2.9 MB dense: a 4 MB allocation gives a 2 MB budget, so the lazy solver runs, and says so."""
+    """n = 300 needs 4.3 MB dense: a 4 MB allocation gives a 2 MB budget, so the lazy solver runs, and says so."""
     ds, settings = datasets.load("ring8"), ev.settings_for({"metrics": ["w1", "w2"]})
     generated = ds.to_float(ds.train[:300]) + 0.1
     monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
@@ -113,6 +114,19 @@ def test_exact_w_in_a_small_slurm_allocation_takes_the_lazy_solver_and_the_same_
         dense, lazy = records[None][metric], records["4"][metric]
         assert (dense.settings["solver"], lazy.settings["solver"]) == ("POT emd2 exact", "POT emd2_lazy exact")
         assert lazy.value == pytest.approx(dense.value, rel=1e-9) and dense.value > 0.05
+
+
+def test_exact_w2_above_the_dense_size_takes_the_multiscale_solver_and_the_dense_value(monkeypatch):
+    """W2 of 300 points with the dense size lowered to 100 × 100 pairs: the multiscale solver runs, says so, and
+    gives POT's dense value; W1 stays dense, its faster solver."""
+    monkeypatch.setattr(wasserstein, "_DENSE_PAIRS", 100**2)
+    ds, settings = datasets.load("ring8"), ev.settings_for({"metrics": ["w1", "w2"]})
+    generated = ds.to_float(ds.train[:300]) + 0.1
+    records = {r.metric: r for r in ev.sample_records(ds, generated, settings, None)}
+    assert (records["w1"].settings["solver"], records["w2"].settings["solver"]) == \
+        ("POT emd2 exact", "POT multiscale exact")
+    dense = wasserstein.exact_wasserstein(generated, ds.to_float(ds.test[:300]), p=2, solver="emd2")
+    assert records["w2"].value == pytest.approx(dense, rel=1e-9) and dense > 0.05
 
 
 def test_diverged_run_gets_a_failed_record(tmp_path):

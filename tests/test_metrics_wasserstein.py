@@ -1,13 +1,17 @@
-"""Tests for metrics.wasserstein: translation and assignment oracles, convergence checking, lazy fallback."""
+"""Tests for metrics.wasserstein: translation and assignment oracles, convergence checking, the multiscale and lazy
+solvers against the dense one."""
 
 import numpy as np
 import ot
 import pytest
+import scipy.sparse
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+import metrics.wasserstein as wasserstein
 from metrics.wasserstein import (
+    SOLVERS,
     OTNotConvergedError,
     cost_matrix,
     exact_solver,
@@ -62,19 +66,85 @@ def test_images_are_flattened_per_sample():
     assert exact_wasserstein(x.reshape(40, 1, 3, 4), y.reshape(40, 1, 3, 4)) == pytest.approx(flat, rel=1e-12)
 
 
-@pytest.mark.parametrize("max_dense_bytes", [float("inf"), 0])  # dense ot.emd2, then forced ot.lp.emd2_lazy
-def test_non_convergence_raises(max_dense_bytes):
+@pytest.fixture
+def small_dense_base(monkeypatch):
+    """The multiscale solver recurses to its dense base at 100 × 100 pairs, so that a few hundred points take it
+    through two coarser levels and the repair loop within a test's time."""
+    monkeypatch.setattr(wasserstein, "_DENSE_PAIRS", 100**2)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_non_convergence_raises(solver, small_dense_base):
     x, y = _cloud(500, seed=7), _cloud(500, seed=8) + 0.5
     with pytest.raises(OTNotConvergedError, match="num_iter_max=10;"):
-        exact_wasserstein(x, y, num_iter_max=10, max_dense_bytes=max_dense_bytes)
+        exact_wasserstein(x, y, num_iter_max=10, solver=solver)
     assert issubclass(OTNotConvergedError, RuntimeError)
 
 
-def test_lazy_fallback_matches_dense():
-    x, y = _cloud(300, seed=9), _cloud(250, seed=10) * 1.5
+def _pixels(n, seed):  # MNIST-like: 784-d, mostly zeros
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 784)) * (rng.random((n, 784)) < 0.2)
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        (_cloud(300, seed=9), _cloud(250, seed=10) * 1.5),  # n ≠ m
+        (_cloud(400, seed=11), _cloud(400, seed=12) + np.array([2.0, 0.0])),  # the harness's shifted Gaussians
+        (np.repeat(_cloud(60, seed=13), 5, axis=0), _cloud(290, seed=14).round(1)),  # duplicates, ties in cost
+        (_pixels(300, 15), _pixels(260, 16)),
+    ],
+    ids=["unequal", "shifted", "duplicates", "784-d"],
+)
+@pytest.mark.parametrize("solver", ["multiscale", "emd2_lazy"])
+def test_every_solver_gives_the_dense_optimum(x, y, solver, small_dense_base):
     for p in (1, 2):
-        dense = exact_wasserstein(x, y, p=p, max_dense_bytes=float("inf"))
-        assert exact_wasserstein(x, y, p=p, max_dense_bytes=0) == pytest.approx(dense, rel=1e-9)
+        dense = exact_wasserstein(x, y, p=p, solver="emd2")
+        assert exact_wasserstein(x, y, p=p, solver=solver) == pytest.approx(dense, rel=1e-9)
+
+
+def test_multiscale_keeps_zero_cost_pairs(small_dense_base):
+    # A permutation of the same integer points (duplicates among them) is at distance 0, and their costs are exact
+    # zeros: the sparse cost matrix must keep them rather than drop them as implicit zeros.
+    x = np.random.default_rng(17).integers(0, 30, size=(500, 2)).astype(float)
+    y = x[np.random.default_rng(0).permutation(500)]
+    for p in (1, 2):
+        assert exact_wasserstein(x, y, p=p, solver="multiscale") == 0.0
+
+
+def test_multiscale_repairs_a_candidate_set_that_misses_the_optimum(small_dense_base, monkeypatch):
+    """One candidate per point: the first sparse optimum is dearer than the dense one, and only the repair rounds,
+    adding pairs of negative reduced cost, bring it down to the dense optimum."""
+    monkeypatch.setattr(wasserstein, "_CANDIDATES", 1)
+    solved = []
+    emd = ot.emd
+
+    def recording_emd(a, b, cost, **kwargs):
+        plan, log = emd(a, b, cost, **kwargs)
+        solved.append((len(a), len(b), log["cost"]))
+        return plan, log
+
+    monkeypatch.setattr(ot, "emd", recording_emd)
+    x, y = _cloud(400, seed=18), _cloud(350, seed=19) + 1.0
+    dense = exact_wasserstein(x, y, solver="emd2") ** 2
+    assert exact_wasserstein(x, y, solver="multiscale") ** 2 == pytest.approx(dense, rel=1e-12)
+    top = [cost for n, m, cost in solved if (n, m) == (400, 350)]
+    assert len(top) >= 2 and top[0] > dense * (1 + 1e-6) and top[-1] == pytest.approx(dense, rel=1e-12)
+
+
+def test_north_west_corner_support_is_feasible():
+    assert [p.tolist() for p in wasserstein._north_west_corner(3, 2)] == [[0, 1, 1, 2], [0, 0, 1, 1]]
+    for n, m in [(7, 7), (5, 12), (12, 5), (1, 9)]:
+        rows, cols = wasserstein._north_west_corner(n, m)
+        assert len(rows) <= n + m - 1
+        support = scipy.sparse.coo_array((np.ones(len(rows)), (rows, cols)), shape=(n, m))
+        _, log = ot.emd(np.full(n, 1 / n), np.full(m, 1 / m), support, log=True)
+        assert log["result_code"] == 1
+
+
+def test_unknown_solver_is_named():
+    with pytest.raises(ValueError, match="unknown exact OT solver 'simplex'; use one of emd2, multiscale, emd2_lazy"):
+        exact_wasserstein(_cloud(10), _cloud(10), solver="simplex")
 
 
 def test_rejects_bad_arguments():
@@ -111,10 +181,15 @@ def test_the_default_iteration_cap_solves_3000_points_exactly():
     assert exact_wasserstein(x, y, p=2) == pytest.approx(cost[rows, cols].mean() ** 0.5, rel=1e-9)
 
 
-def test_the_dense_solver_is_chosen_exactly_up_to_its_memory_estimate():
-    need = 4 * 100 * 100 * 8  # cost matrix, plan and copies, in float64
-    assert exact_solver(100, 100, max_dense_bytes=need) == "emd2"
-    assert exact_solver(100, 100, max_dense_bytes=need - 1) == "emd2_lazy"
+def test_the_solver_is_the_fastest_whose_memory_estimate_fits():
+    need = 6 * 100 * 100 * 8  # cost matrix, plan and POT's copies, in float64
+    assert exact_solver(100, 100, max_bytes=need) == "emd2"
+    assert exact_solver(100, 100, max_bytes=need - 1) == "emd2_lazy"
+    assert exact_solver(2000, 2000) == "emd2" and exact_solver(2001, 2000) == "multiscale"
+    assert exact_solver(2001, 2000, p=1) == "emd2" and exact_solver(2001, 2000, p=1, max_bytes=need) == "emd2_lazy"
+    for p in (1, 2):
+        assert exact_solver(100_000, 100_000, p) == "multiscale"
+        assert exact_solver(100_000, 100_000, p, max_bytes=2**30) == "emd2_lazy"
 
 
 def test_sliced_wasserstein_draws_its_projections_from_the_seed():

@@ -92,7 +92,7 @@ def test_targets_judge_each_matching_row_and_list_the_unmeasured():
                 "ratio_windows": f"{ratio - 0.1:.2f} {ratio:.2f} {ratio + 0.2:.2f}"}
 
     def w2(seconds, converged):
-        return {"section": "metrics", "name": "exact W2 (dense)", "n": 10_000, "seconds": seconds,
+        return {"section": "metrics", "name": "exact W2 (multiscale)", "n": 10_000, "seconds": seconds,
                 "converged": converged}
 
     rows = [training(1, 1.49), training(2, 1.5), w2(29.9, "yes"), w2(12.0, "no"),

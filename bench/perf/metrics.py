@@ -1,9 +1,10 @@
 """Time each metric of ``metrics/`` at its default sample size on this machine (rows for ``python -m bench.perf``).
 
-``quick`` skips the two slowest rows, exact W at n = 10,000. Data are synthetic and seeded: 2-D N(0, I) vs
-N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2); 128-d Gaussian features. Exact W runs POT's
-single-threaded network simplex and needs about 4·n²·8 bytes (≈ 3.2 GB at n = 10,000); "converged" is "no" when
-it raised ``OTNotConvergedError``.
+``quick`` skips the slowest rows, exact W at n = 10,000. Data are synthetic and seeded: 2-D N(0, I) vs
+N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2); 128-d Gaussian features. Exact W rows name their
+solver (``metrics.wasserstein.SOLVERS``; the evaluation's choice is ``exact_solver``'s): all run POT's
+single-threaded network simplex; the dense one needs about 4·n²·8 bytes (≈ 3.2 GB at n = 10,000). "converged" is
+"no" when it raised ``OTNotConvergedError``.
 FID of 10,000 MNIST images: 10,000 training images against the 10,000 test images through torch-fidelity with the
 suite's classifier features, the evaluation's path (the pipeline's trained classifier when results/ has one,
 otherwise an untrained one of the same architecture: the timing is the same, the value is then meaningless).
@@ -78,18 +79,13 @@ def timings(quick: bool, data_root: Path | None = None) -> Iterator[tuple[str, i
     grid = np.stack(np.meshgrid(np.arange(-4, 5, 2.0), np.arange(-4, 5, 2.0), indexing="ij"), -1).reshape(-1, 2)
     grid_samples = grid[rng.integers(25, size=100_000)] + 0.05 * rng.normal(size=(100_000, 2))
 
-    rows: list[tuple[str, int, int, Callable[[], object]]] = [
-        ("exact W2 (dense)", 5000, 2, lambda: exact_wasserstein(x5k, y5k, p=2)),
-        ("exact W1 (dense)", 5000, 2, lambda: exact_wasserstein(x5k, y5k, p=1)),
-        ("exact W2 (lazy, emd2_lazy)", 5000, 2, lambda: exact_wasserstein(x5k, y5k, p=2, max_dense_bytes=0)),
-        ("exact W2 (dense)", 2000, 784, lambda: exact_wasserstein(p2k, q2k, p=2)),
-        ("exact W1 (dense)", 2000, 784, lambda: exact_wasserstein(p2k, q2k, p=1)),
-    ]
+    def exact(p: int, solver: str, x: np.ndarray, y: np.ndarray) -> tuple[str, int, int, Callable[[], object]]:
+        return f"exact W{p} ({solver})", len(x), x.shape[1], lambda: exact_wasserstein(x, y, p=p, solver=solver)
+
+    rows = [exact(2, "multiscale", x5k, y5k), exact(2, "emd2", x5k, y5k), exact(2, "emd2_lazy", x5k, y5k),
+            exact(1, "emd2", x5k, y5k), exact(2, "emd2", p2k, q2k), exact(1, "emd2", p2k, q2k)]
     if not quick:
-        rows += [
-            ("exact W2 (dense)", 10_000, 2, lambda: exact_wasserstein(x10k, y10k, p=2)),
-            ("exact W1 (dense)", 10_000, 2, lambda: exact_wasserstein(x10k, y10k, p=1)),
-        ]
+        rows += [exact(2, "multiscale", x10k, y10k), exact(2, "emd2", x10k, y10k), exact(1, "emd2", x10k, y10k)]
     rows += [
         ("sliced W2 (200 projections)", 10_000, 2, lambda: sliced_wasserstein(x10k, y10k)),
         ("sliced W2 (200 projections)", 2000, 784, lambda: sliced_wasserstein(p2k, q2k)),
