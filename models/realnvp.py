@@ -13,8 +13,9 @@ MNIST). The scale of the conditioning coordinates is not a parameter at all, so 
 
 Speed (the flow is matmul-bound at these sizes): the s and t nets of a coupling are stored as one stacked
 (2 × ...) weight per layer and evaluated together by `baddbmm`, the two halves stay separate tensors until the
-end, and the optimizer is a fused Adam (models.base): 175 training steps/s on moons against 88 for the course
-code on one CPU thread, 1.98x (2.35x on two threads; `python -m bench.perf`, reports/perf.md).
+end, and the optimizer is a fused Adam (models.base): on moons, 1.90–1.98 times the course code's training steps/s
+on one CPU thread and 2.29–2.35 times on two in the last two full harness runs (`python -m bench.perf`,
+reports/perf.md and README).
 """
 from __future__ import annotations
 
