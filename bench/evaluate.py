@@ -3,8 +3,9 @@
 - Likelihood models: exact test NLL over the whole test set (bits/dim on images); CNFs add their solver
   settings, number of function evaluations and inverse error. Latent-variable models: ELBO, IWAE_k and the
   ELBO gap; their test NLL is the IWAE bound with the largest k. Flows report an ELBO gap of 0 by construction.
-- Every model's samples: exact W1 and W2 (POT's dense solver, the certified multiscale one above 2,000 points, or
-  POT's lazy one where neither fits `ot_memory_budget()`) and sliced W2 against the same number of test points;
+- Every model's samples: exact W1 and W2 (POT's dense solver, for W2 above 2,000 × 2,000 pairs the certified
+  multiscale one, or POT's lazy one where neither fits `ot_memory_budget()`; `exact_solver`) and sliced W2
+  against the same number of test points;
   2-D: k-NN precision/recall in data space and, for mixtures, mode coverage; images: FID, precision/recall
   (torch-fidelity on the suite's MNIST classifier features) and class coverage.
 - `reference` applies the sample metrics to real data (train vs test, same n): the noise floor every model's
