@@ -53,15 +53,13 @@ def cost_matrix(xs: np.ndarray, ys: np.ndarray, p: int) -> np.ndarray:
 
 
 def _memory(solver: str, n: int, m: int) -> float:
-    """Bytes a solver needs for n against m points, from the peak resident memory W2 added in 2-D. Dense: 6·n·m·8
-    (cost matrix, plan, POT's copies; 1.3 GB measured at n = m = 6,000, 4.05 GB at 10,000). Multiscale: its dense
-    base problem, two scanned blocks and 100 pairs per point at 100 bytes each (POT's graph and ours; 250 MB
-    measured at 10,000, against 360 MB estimated). Lazy: O(n + m)."""
+    """Bytes "emd2" or "multiscale" needs for n against m points, from the peak resident memory W2 added in 2-D.
+    Dense: 6·n·m·8 (cost matrix, plan, POT's copies; 1.3 GB measured at n = m = 6,000, 4.05 GB at 10,000).
+    Multiscale: its dense base problem, two scanned blocks and 100 pairs per point at 100 bytes each (POT's graph
+    and ours; 250 MB measured at 10,000, against 360 MB estimated)."""
     if solver == "emd2":
         return 6 * n * m * 8
-    if solver == "multiscale":
-        return 6 * min(n * m, _DENSE_PAIRS) * 8 + 2 * _BLOCK * 8 + 100 * (n + m) * 100
-    return 0.0
+    return 6 * min(n * m, _DENSE_PAIRS) * 8 + 2 * _BLOCK * 8 + 100 * (n + m) * 100
 
 
 def exact_solver(n: int, m: int, p: int = 2, max_bytes: float = MAX_OT_BYTES) -> str:
@@ -177,9 +175,9 @@ def _multiscale(xs: np.ndarray, ys: np.ndarray, p: int, num_iter_max: int, rng: 
     rows, cols = np.divmod(keys, m)
     costs = _gather(xs, ys, p, rows, cols)  # the transpose's arithmetic differs in the last bits
 
+    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     while True:
-        sparse = coo_array((costs, (rows, cols)), shape=(n, m))
-        _, log = ot.emd(np.full(n, 1.0 / n), np.full(m, 1.0 / m), sparse, numItermax=num_iter_max, log=True)
+        _, log = ot.emd(a, b, coo_array((costs, (rows, cols)), shape=(n, m)), numItermax=num_iter_max, log=True)
         u, v = _checked(log, n, m, d, num_iter_max)["u"], log["v"]
         tol = 1e-9 * costs.max()
         new_rows, new_cols, new_costs, _ = _cheapest(xs, ys, p, v, _REPAIR, below=u - tol)
