@@ -66,8 +66,9 @@ TEST_BPD = Column("test_bpd", "test NLL", "bits/dim", same_as="test_nll")
 SUMMARY_COLUMNS = (
     TEST_NLL, TEST_BPD,
     Column("elbo_gap", "ELBO gap", "nats"), Column("w1", "W1"), Column("w2", "W2"), Column("sliced_w2", "sliced W2"),
-    Column("fid", "FID"), Column("modes_covered", "modes covered"), Column("high_quality", "high quality", "%", 100),
-    Column("classes_covered", "classes covered"), Column("precision", "precision"), Column("recall", "recall"),
+    Column("fid", "FID"), Column("fid_inception", "FID (Inception)"), Column("modes_covered", "modes covered"),
+    Column("high_quality", "high quality", "%", 100), Column("classes_covered", "classes covered"),
+    Column("precision", "precision"), Column("recall", "recall"),
     Column("train_time_s", "training time", "s"), Column("samples_per_s", "samples/s"),
 )
 COST_COLUMNS = (Column("train_time_s", "training time", "s"), Column("train_peak_mem_mb", "training peak memory", "MB"),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-LOWER_IS_BETTER = frozenset({"test_nll", "test_bpd", "w1", "w2", "sliced_w2", "fid", "mode_kl", "class_kl",
-                             "inverse_error", "train_time_s", "train_peak_mem_mb", "eval_time_s"})
+LOWER_IS_BETTER = frozenset({"test_nll", "test_bpd", "w1", "w2", "sliced_w2", "fid", "fid_inception", "mode_kl",
+                             "class_kl", "inverse_error", "train_time_s", "train_peak_mem_mb", "eval_time_s"})
 TOWARD_ZERO = frozenset({"elbo_gap"})  # a gap of 0 is best; |gap| is the loss
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "modes_covered", "classes_covered", "high_quality", "elbo",
                               "samples_per_s"})

@@ -69,8 +69,20 @@ def test_frechet_distance_refuses_bad_input():
         frechet_distance(np.zeros(3), -eye, np.zeros(3), eye)
     with pytest.raises(ValueError):
         frechet_distance(np.zeros(3), eye, np.zeros(2), np.eye(2))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 2 rows"):
         fid(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+def test_fid_scales_with_the_square_of_the_features():
+    # FID(c·a, c·b) = c²·FID(a, b): means scale by c, covariances by c². The PSD check's tolerance is relative to
+    # the matrices' scale, so rounding noise is accepted at any scale and a clearly negative eigenvalue at none.
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(20, 50)), rng.normal(size=(20, 50)) + 0.5  # singular covariances, as above
+    assert fid(1e4 * a, 1e4 * b) == pytest.approx(1e8 * fid(a, b), rel=1e-9)
+    zero, eye = np.zeros(2), np.eye(2)
+    assert frechet_distance(zero, 1e6 * np.diag([1, -1e-9]), zero, 1e6 * eye) == pytest.approx(1e6, rel=1e-6)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        frechet_distance(zero, 1e-6 * np.diag([1, -1e-3]), zero, 1e-6 * eye)
 
 
 def test_fid_of_gaussian_samples():

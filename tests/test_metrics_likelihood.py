@@ -141,3 +141,9 @@ def test_elbo_gap_and_iwae_convergence_with_mean_field_q(ppca):
     # IWAE_1000 reaches log p(x): its expected gap Var(w)/2000 is ~1e-4, far below the 1e-3 allowance, and a
     # lower bound cannot exceed log p(x) beyond noise.
     assert -4 * ses[3] < gaps[3] < 4 * ses[3] + 1e-3
+
+
+def test_elbo_gap_averages_signed_per_example_gaps():
+    # A noisy per-example log p(x) estimate can fall below the ELBO: gaps −1 and 3 average to 1, not to 2.
+    assert elbo_gap([0.0, 0.0], [1.0, -3.0]) == 1.0
+    assert elbo_gap(-2.0, -2.5) == 0.5

@@ -112,6 +112,17 @@ def test_multiscale_keeps_zero_cost_pairs(small_dense_base):
         assert exact_wasserstein(x, y, p=p, solver="multiscale") == 0.0
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_rounding_never_makes_a_cost_negative(p):
+    # ‖x‖² + ‖y‖² − 2xᵀy of coincident real-valued points rounds to about ±1e-13: clipped at 0, as ot.dist does,
+    # or W1's square root would be NaN (and POT's optimum silently wrong) for a distribution and its permutation.
+    x = 5 * _cloud(300, d=3)
+    assert cost_matrix(x, x, p).min() == 0.0
+    y = x[np.random.default_rng(1).permutation(300)]
+    for solver in SOLVERS:
+        assert exact_wasserstein(x, y, p=p, solver=solver) < 1e-6
+
+
 def test_multiscale_repairs_a_candidate_set_that_misses_the_optimum(small_dense_base, monkeypatch):
     """One candidate per point: the first sparse optimum is dearer than the dense one, and only the repair rounds,
     adding pairs of negative reduced cost, bring it down to the dense optimum."""

@@ -55,7 +55,8 @@ def synthetic() -> pd.DataFrame:
         rows += _run("ring8", "dcgan", seed, {"w2": 0.3 + 0.1 * seed, "modes_covered": 5.0 + seed,
                                               "high_quality": 0.9, "train_time_s": 80.0}, hparams={"latent_dim": 3})
         rows += _run("mnist", "realnvp", seed, {"test_bpd": 1.5 + 0.1 * seed, "test_nll": 815.0 + 50 * seed,
-                                                "fid": 20.0 + seed, "classes_covered": 10.0, "w2": 9.0,
+                                                "fid": 20.0 + seed, "fid_inception": 30.0 + 2 * seed,
+                                                "classes_covered": 10.0, "w2": 9.0,
                                                 "train_time_s": 900.0})
     for seed in range(2):
         rows += _run("moons", "dcgan", seed, {"w2": 0.2 + 0.05 * seed, "precision": 0.7, "train_time_s": 60.0},
@@ -108,6 +109,10 @@ def test_summary_table_images_and_all_failed_method(res):
     assert DIVERGED in mnist.notes[wgan["FID ↓"].notes[0] - 1]
     assert _cells(mnist, "data (floor)")["test NLL (bits/dim) ↓"].text == "–"
     assert "modes covered" not in headers and "classes covered ↑" in headers
+    # the standard Inception FID (a user's weights file) beside the classifier's, where runs recorded it
+    assert _cells(mnist, "realnvp")["FID (Inception) ↓"].text == report.fmt_mean_hw(
+        32.0, stats.t_interval([30.0, 32.0, 34.0]).half_width)
+    assert _cells(mnist, "dcgan")["FID (Inception) ↓"].text == "–"
     nll = _cells(mnist, "dcgan")["test NLL (bits/dim) ↓"]  # no bits/dim record: the nats record's n/a stands
     assert nll.text == "n/a" and mnist.notes[nll.notes[0] - 1] == GAN_NA
 

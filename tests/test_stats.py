@@ -7,6 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from bench import stats
+from bench.metric_names import METRICS
 
 
 def test_t_interval_matches_scipy():
@@ -83,6 +84,10 @@ def test_hedges_g_hand_computation():
     assert math.isnan(stats.hedges_g([1.0], [2.0, 3.0])) and math.isnan(stats.hedges_g([1, 1], [1, 1]))
     # constant sides: the mean of [0.1]*3 rounds to 0.1 + 1e-17, which must not read as a tiny sd and a huge g
     assert math.isnan(stats.hedges_g([0.0] * 3, [0.1] * 3)) and math.isnan(stats.welch_p([0.0] * 3, [0.1] * 3))
+    # both are scale-free: values of order 1e-14 (an inverse error) are not constants
+    x, y = np.array([1, 2, 3, 4]), np.array([3, 4, 5, 6, 7])
+    assert stats.hedges_g(1e-14 * x, 1e-14 * y) == pytest.approx(-1.518067, abs=1e-6)
+    assert stats.welch_p(1e-14 * x, 1e-14 * y) == pytest.approx(stats.welch_p(x, y), rel=1e-12)
 
 
 def test_probability_of_superiority():
@@ -95,13 +100,18 @@ def test_probability_of_superiority():
 
 
 def test_direction_and_loss_values():
-    for metric in ("test_nll", "test_bpd", "w1", "w2", "sliced_w2", "fid", "mode_kl", "class_kl", "inverse_error",
-                   "train_time_s"):
-        assert stats.direction(metric) == "lower"
-    for metric in ("precision", "recall", "modes_covered", "classes_covered", "high_quality", "elbo", "iwae_k5000",
-                   "samples_per_s"):
-        assert stats.direction(metric) == "higher"
-    assert stats.direction("elbo_gap") == "zero" and stats.direction("training") is None
+    # Every metric a record can carry and every cost column, each with the side a reader expects to be better.
+    expected = {"test_nll": "lower", "test_bpd": "lower", "elbo": "higher", "iwae_k": "higher", "elbo_gap": "zero",
+                "inverse_error": "lower", "w1": "lower", "w2": "lower", "sliced_w2": "lower", "precision": "higher",
+                "recall": "higher", "modes_covered": "higher", "high_quality": "higher", "mode_kl": "lower",
+                "fid": "lower", "fid_inception": "lower", "classes_covered": "higher", "class_kl": "lower",
+                "samples_per_s": "higher"}
+    assert set(expected) == set(METRICS)
+    for metric, side in expected.items():
+        assert stats.direction(metric if metric != "iwae_k" else "iwae_k5000") == side, metric
+    for cost in ("train_time_s", "train_peak_mem_mb", "eval_time_s"):
+        assert stats.direction(cost) == "lower"
+    assert stats.direction("training") is None
     assert list(stats.loss_values("w2", [0.1, 0.2])) == [0.1, 0.2]
     assert list(stats.loss_values("precision", [0.9, 0.5])) == [-0.9, -0.5]
     assert list(stats.loss_values("elbo_gap", [-0.3, 0.1])) == [0.3, 0.1]
