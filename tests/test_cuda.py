@@ -81,3 +81,15 @@ def test_compiled_training_on_the_gpu_runs_cuda_graphs_that_train_as_eager_mode_
 
     eager, compiled = losses("eager"), losses("compiled", compile=True)
     assert len(compiled) >= 4 and compiled == pytest.approx(eager, rel=1e-4, abs=1e-7)
+
+
+def test_metrics_take_cuda_tensors():
+    """The metric functions copy a CUDA tensor to the host themselves (bench.evaluate moves its tensors first, so
+    only a direct call reaches this) and give the values of the same data on the CPU."""
+    from metrics.fid import fid
+    from metrics.likelihood import nll_nats
+
+    a, b = torch.randn(100, 4, generator=torch.Generator().manual_seed(0)), torch.randn(100, 4) + 1
+    assert fid(a.to(CUDA), b.to(CUDA)) == fid(a, b)
+    log_prob = torch.tensor([-1.0, -2.0, -3.0, -6.0])
+    assert nll_nats(log_prob.to(CUDA)) == nll_nats(log_prob)
