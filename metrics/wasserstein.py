@@ -87,8 +87,7 @@ def _dense(xs: np.ndarray, ys: np.ndarray, p: int, num_iter_max: int) -> tuple[f
     import ot
 
     n, m = len(xs), len(ys)
-    cost, log = ot.emd2(np.full(n, 1.0 / n), np.full(m, 1.0 / m), cost_matrix(xs, ys, p), numItermax=num_iter_max,
-                        log=True)
+    cost, log = ot.emd2(ot.unif(n), ot.unif(m), cost_matrix(xs, ys, p), numItermax=num_iter_max, log=True)
     _checked(log, n, m, xs.shape[1], num_iter_max)
     return float(cost), log["u"], log["v"]
 
@@ -175,7 +174,7 @@ def _multiscale(xs: np.ndarray, ys: np.ndarray, p: int, num_iter_max: int, rng: 
     rows, cols = np.divmod(keys, m)
     costs = _gather(xs, ys, p, rows, cols)  # the transpose's arithmetic differs in the last bits
 
-    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    a, b = ot.unif(n), ot.unif(m)
     while True:
         _, log = ot.emd(a, b, coo_array((costs, (rows, cols)), shape=(n, m)), numItermax=num_iter_max, log=True)
         u, v = _checked(log, n, m, d, num_iter_max)["u"], log["v"]
@@ -237,9 +236,9 @@ def exact_wasserstein(
         elif solver == "emd2":
             cost = _dense(xs, ys, p, num_iter_max)[0]
         else:
-            a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
             cost, log = ot.lp.emd2_lazy(
-                xs, ys, a, b, metric=_METRIC[p], numItermax=num_iter_max, log=True, return_matrix=False
+                xs, ys, ot.unif(n), ot.unif(m), metric=_METRIC[p], numItermax=num_iter_max, log=True,
+                return_matrix=False,
             )
             _checked(log, n, m, xs.shape[1], num_iter_max)
     cost = max(float(cost), 0.0)
