@@ -1,4 +1,5 @@
-# dgmbench: `make bench` sets up .venv and runs the default pipeline; `make test` sets up .venv, lints (ruff) and runs the tests.
+# dgmbench: `make bench` sets up .venv and runs the default pipeline; `make test` sets up .venv, lints (ruff), checks
+# the import layers (lint-imports, contracts in pyproject.toml) and runs the tests.
 PYTHON ?= python3
 VENV := .venv
 # On the development and CI machines MNIST sits in ../shared; elsewhere set DGMBENCH_DATA_ROOT yourself
@@ -24,6 +25,7 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 clean-results:

@@ -15,7 +15,7 @@ from snakemake.exceptions import WorkflowError
 import models
 from bench import config as bench_config
 from bench import datasets as bench_datasets
-from bench.errors import UserError
+from core.errors import UserError
 
 if not workflow.overwrite_configfiles:  # no --configfile: the default config, updated by any --config KEY=VALUE
     config.update({**yaml.safe_load(open(os.path.join(workflow.basedir, "config/default.yaml"))), **config})

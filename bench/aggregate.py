@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import UserError
 from bench.io import checked_read, write_text
+from core.errors import UserError
 
 COLUMNS = ["dataset", "method", "family", "seed", "metric", "value", "stderr", "n", "unit", "status", "reason",
            "run_status", "retry_seed", "git_commit", "git_dirty", "config_hash", "config", "data_fingerprint",

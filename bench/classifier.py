@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from bench import datasets
-from bench.errors import UserError
 from bench.io import checked_read, save_torch, write_json
 from bench.seeding import seed_everything
+from core.errors import UserError
 from metrics.fid import MnistClassifier, weights_hash
 
 MIN_TEST_ACCURACY = 0.99

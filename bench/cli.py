@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import yaml
 
 from bench.allocator import keep_freed_memory
-from bench.errors import UserError
+from core.errors import UserError
 
 
 def _key_value(text: str) -> tuple[str, Any]:

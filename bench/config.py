@@ -13,8 +13,8 @@ import yaml
 
 import models
 from bench import datasets
-from bench.errors import UserError
 from bench.metric_names import check_metrics
+from core.errors import UserError
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.errors import UserError
+from core.errors import UserError
+from core.names import DATASETS, IMAGE_DATASETS
 
 DATA_ROOT_ENV = "DGMBENCH_DATA_ROOT"
 TOY_SPLIT_SIZES = {"train": 50_000, "val": 5_000, "test": 10_000}
@@ -208,9 +209,9 @@ def download_mnist(root: Path) -> Path:
     return root / "MNIST" / "raw"
 
 
-TOY_DATASETS: dict[str, Callable[[], Dataset]] = {"moons": _moons, "ring8": _ring8, "grid25": _grid25}
-IMAGE_DATASETS: dict[str, Callable[[Path], Dataset]] = {"mnist": _mnist, "binarized_mnist": _binarized_mnist}
-DATASETS = (*TOY_DATASETS, *IMAGE_DATASETS)
+# The builder of each name in core.names.DATASETS (2-D sets take no argument, images the data root)
+BUILDERS: dict[str, Callable[..., Dataset]] = {"moons": _moons, "ring8": _ring8, "grid25": _grid25, "mnist": _mnist,
+                                               "binarized_mnist": _binarized_mnist}
 
 
 def available() -> list[str]:
@@ -226,10 +227,10 @@ def load(name: str, data_root: str | Path | None = None) -> Dataset:
     """Load a dataset by name; the MNIST variants from `data_root` (default: see `default_data_root`)."""
     check_name(name)
     if name in IMAGE_DATASETS:
-        return IMAGE_DATASETS[name](Path(data_root or default_data_root()).expanduser().resolve())
+        return BUILDERS[name](Path(data_root or default_data_root()).expanduser().resolve())
     return _cached_toy(name)
 
 
 @cache
 def _cached_toy(name: str) -> Dataset:
-    return TOY_DATASETS[name]()
+    return BUILDERS[name]()

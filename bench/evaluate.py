@@ -28,12 +28,12 @@ import torch
 
 from bench import datasets, provenance
 from bench.config import validate_evaluation
-from bench.errors import UserError
 from bench.io import read_json, write_json
 from bench.metric_names import METRICS, check_metrics
 from bench.sampling import SAMPLES, load_samples
 from bench.seeding import resolve_device
 from bench.train import PROVENANCE, load_model
+from core.errors import UserError
 from metrics.likelihood import bits_per_dim, nll_nats
 from metrics.modes import class_coverage, mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
@@ -134,14 +134,14 @@ def likelihood_records(model: Any, ds: datasets.Dataset, s: dict[str, Any]) -> l
     need_nll = wanted(s, "test_nll", "test_bpd")
     nll, out = None, []
     if "log_prob" in caps:
-        info = model.solver_info() if hasattr(model, "solver_info") else {}
+        info = model.solver_info()
         if need_nll:
             res = nll_nats(_batched(model.log_prob, ds.test, s["batch_size"], dev))
             nll = Record("test_nll", res.mean, res.stderr, res.n, "nats", settings={"estimator": "exact", **info})
             out.append(nll)
         out.append(Record("elbo_gap", 0.0, unit="nats",
                           settings={"why": "exact likelihood: no bound, gap 0 by construction"}))
-        if hasattr(model, "inverse_error") and wanted(s, "inverse_error"):
+        if "inverse" in caps and wanted(s, "inverse_error"):
             x = ds.test[: s["inverse_error_n"]]
             out.append(_mean_record("inverse_error", _batched(model.inverse_error, x, s["batch_size"], dev), "",
                                     norm="L2 of x - g(g^-1(x))", **info))

@@ -51,7 +51,7 @@ def run_figure(run_dir: Path, out: Path) -> None:
         test, samples = ds.test[:5000], saved["samples"][:5000]
         (x0, x1), (y0, y1) = _limits(test)
         panels = ["samples"] + (["density"] if "log_prob" in model.capabilities else []) \
-            + (["latent"] if hasattr(model, "inverse") else [])
+            + (["latent"] if "inverse" in model.capabilities else [])
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
         for ax, panel in zip(axes[0], panels, strict=True):
             if panel == "samples":

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import torch
 
-from bench.errors import UserError
+from core.errors import UserError
 
 Writer = Callable[[IO[bytes]], Any]
 

@@ -5,7 +5,7 @@ metric implementations (POT, scikit-learn, torch-fidelity).
 """
 from __future__ import annotations
 
-from bench.errors import UserError
+from core.errors import UserError
 
 # Every metric a run's records can carry (besides "training", the record of a failed run); "iwae_k" stands for
 # the records iwae_k1, iwae_k10, ... (one per `iwae_k` setting).

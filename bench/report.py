@@ -30,8 +30,8 @@ from scipy.stats import rankdata
 
 from bench import plots, stats
 from bench.aggregate import COLUMNS
-from bench.errors import UserError
 from bench.io import checked_read, write_text
+from core.errors import UserError
 
 FLOOR, FLOOR_LABEL = "data", "data (floor)"
 TRAINING = "training"  # the one record of a failed run

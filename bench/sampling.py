@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from bench.errors import UserError
 from bench.io import checked_read, read_torch, save_torch
 from bench.train import load_model
+from core.errors import UserError
 
 SAMPLES = "samples.pt"
 SAMPLE_SEED_OFFSET = 1_000_003  # evaluation noise never reuses the training seed's stream

@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 import models
 from bench import datasets, provenance
-from bench.errors import UserError
 from bench.io import as_json, as_text, as_torch, checked_read, read_torch, save_torch, write_files
 from bench.seeding import determinism, resolve_device, rng_state, seed_everything, separate_rng, set_rng_state
+from core.errors import UserError
 from models.base import Losses
 
 CHECKPOINT, RESUME, LOG, PROVENANCE = "checkpoint.pt", "resume.pt", "train_log.csv", "provenance.json"

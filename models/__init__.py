@@ -3,13 +3,17 @@
 Adding a method touches one new file in this folder:
 
     from models import register
-    from models.base import Method
+    from models.base import HParam, Method
 
     @register("mymethod")
     class MyMethod(Method):
         family = "flow"
         capabilities = frozenset({"log_prob", "sample"})
+        hparam_spec = {"width": HParam(int, ge=1)}
         ...
+
+`register` checks the declarations (family, capabilities and the methods they require, hyper-parameter specs,
+dataset names) when the file is imported.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-from bench.errors import UserError
+from core.errors import UserError
+from core.names import DATASETS, FAMILIES
+from models.base import CAPABILITIES, HParam, Method
 
 _REGISTRY: dict[str, type] = {}
 _discovered = False
@@ -30,11 +36,39 @@ def register(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method name {name!r} registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+        _check_declarations(name, cls)
         cls.name = name
         _REGISTRY[name] = cls
         return cls
 
     return deco
+
+
+def _check_declarations(name: str, cls: type) -> None:
+    """A UserError naming the first declaration of `cls` that breaks the Method contract (models/base.py)."""
+    where = f"method {name!r} ({cls.__module__}.{cls.__qualname__})"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise UserError(f"{where} must subclass models.base.Method")
+    family = getattr(cls, "family", None)
+    if family not in FAMILIES:
+        raise UserError(f"{where} declares family {family!r}; known families: {', '.join(FAMILIES)}")
+    caps = getattr(cls, "capabilities", None)
+    if not isinstance(caps, frozenset) or not caps <= set(CAPABILITIES) or "sample" not in caps:
+        raise UserError(f"{where} declares capabilities {caps!r}; need a frozenset with \"sample\" and any of "
+                        f"{', '.join(CAPABILITIES)}")
+    missing = [f for cap in sorted(caps) for f in CAPABILITIES[cap] if getattr(cls, f) is getattr(Method, f)]
+    if cls.train_step is Method.train_step and cls.loss is Method.loss:
+        missing.append("loss (or train_step)")
+    if missing:
+        raise UserError(f"{where} does not implement {', '.join(missing)}, which its capabilities "
+                        f"{', '.join(sorted(caps))} require")
+    bad = [k for k, v in cls.full_hparam_spec().items() if not isinstance(v, HParam)]
+    if bad:
+        raise UserError(f"{where}: hparam_spec entries must be models.base.HParam, not so for {', '.join(bad)}")
+    unknown = sorted(set(cls.unsupported) - set(DATASETS))
+    if unknown:
+        raise UserError(f"{where}: `unsupported` names unknown dataset(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(DATASETS)}")
 
 
 def _discover() -> None:
@@ -69,8 +103,8 @@ def check_compilable(name: str) -> None:
 
 
 def resolve_hparams(name: str, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The method's code defaults for `dataset`, updated by `overrides`; unknown keys, and a `steps` or
-    `batch_size` that is not a positive integer, are a UserError."""
+    """The method's code defaults for `dataset`, updated by `overrides`; an unknown key, or a value outside its
+    `HParam` spec, is a UserError."""
     cls = get(name)
     reason = cls.unsupported.get(dataset)
     if reason:
@@ -81,15 +115,26 @@ def resolve_hparams(name: str, dataset: str, overrides: dict[str, Any] | None = 
         raise UserError(f"unknown hyper-parameter(s) {', '.join(bad)} for method {name!r}; "
                         f"valid: {', '.join(sorted(hp))}")
     hp = {**hp, **(overrides or {})}
-    for key in ("steps", "batch_size"):  # what the training loop counts with
-        if not isinstance(hp[key], int) or hp[key] < 1:
-            raise UserError(f"hyper-parameter {key} of {name} must be a positive integer, got {hp[key]!r}")
+    spec = cls.full_hparam_spec()
+    for key, value in hp.items():
+        if key not in spec:
+            raise UserError(f"method {name!r} declares no HParam for its hyper-parameter {key}; add it to the "
+                            f"class's hparam_spec ({cls.__module__})")
+        if not spec[key].allows(value):
+            hint = ("; YAML reads a number like 1e-3 as text, write 1.0e-3" if isinstance(value, str)
+                    and spec[key].type in (int, float) and _is_number(value) else "")
+            raise UserError(f"hyper-parameter {key} of {name} must be {spec[key].describe()}, got {value!r}{hint}")
     return hp
 
 
-def create(name: str, dataset: Any, **overrides: Any) -> Any:
-    """Build method `name` for `dataset` (a `bench.datasets.Dataset` or a dataset name) from its defaults."""
-    from bench import datasets
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
-    ds = datasets.load(dataset) if isinstance(dataset, str) else dataset
-    return get(name)(ds, resolve_hparams(name, ds.name, overrides))
+
+def create(name: str, dataset: Any, **overrides: Any) -> Method:
+    """Build method `name` for `dataset` (a `bench.datasets.Dataset`) from its defaults updated by `overrides`."""
+    return get(name)(dataset, resolve_hparams(name, dataset.name, overrides))

@@ -1,14 +1,18 @@
 """The interface every method implements, and the parts most methods share."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
-CAPABILITIES = frozenset({"log_prob", "sample", "elbo", "iwae"})
+# What a method can compute; each one is a method it implements and decides which metrics apply to it.
+CAPABILITIES = {"sample": ("sample",), "log_prob": ("log_prob",), "elbo": ("elbo",), "iwae": ("iwae",),
+                "inverse": ("inverse", "inverse_error")}
 TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # hyper-parameters the training loop reads
 # What a training step returns to log: 0-dim tensors left on the model's device (the loop fetches a whole log
 # interval's in one transfer, where an `.item()` per step would make the host wait for the device at every step)
@@ -16,13 +20,70 @@ TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # hyper-parameters t
 Losses = dict[str, torch.Tensor | float]
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list"}
+
+
+@dataclass(frozen=True)
+class HParam:
+    """A hyper-parameter's type and allowed values, checked before any compute (`models.resolve_hparams`).
+
+    `type` is int, float (an int is accepted too), str, bool or list; a list's items have the type `items`, and
+    `length` fixes how many there are. Bounds (`ge`, `gt`, `le`, `lt`) apply to the value or to each list item;
+    `choices` lists the allowed values.
+    """
+
+    type: type
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    items: type | None = None
+    length: int | None = None
+
+    def describe(self) -> str:
+        """The allowed values in words, e.g. "an integer >= 1" or "one of 'mean', 'full'"."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        bounds = " and ".join(f"{op} {b}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le),
+                                                          ("<", self.lt)) if b is not None)
+        if self.type is list:
+            count = f"{self.length} " if self.length is not None else ""
+            item = _TYPE_NAMES[self.items].split(" ", 1)[1] + "s" if self.items else "items"
+            return f"a list of {count}{item}" + (f", each {bounds}" if bounds else "")
+        return _TYPE_NAMES[self.type] + (f" {bounds}" if bounds else "")
+
+    def allows(self, value: Any) -> bool:
+        if self.type is list:
+            return (isinstance(value, list | tuple) and len(value) > 0
+                    and (self.length is None or len(value) == self.length)
+                    and all(self._scalar_allows(self.items, v) for v in value))
+        return self._scalar_allows(self.type, value) and (self.choices is None or value in self.choices)
+
+    def _scalar_allows(self, kind: type | None, value: Any) -> bool:
+        if kind is not None and not _is_a(kind, value):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+
+def _is_a(kind: type, value: Any) -> bool:
+    """isinstance, except that a bool is no number and an int is a float (YAML and JSON write 1 for 1.0)."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
 class Method(nn.Module):
     """A generative model plus its training objective.
 
     Subclasses set `family` and `capabilities`, implement `defaults` (every hyper-parameter, training ones in
-    TRAIN_KEYS included, for a dataset name) and `sample`, and either `loss` (one optimizer minimizing it) or
-    their own `train_step` (e.g. the alternating updates of a GAN). Capabilities decide which metrics apply:
-    "log_prob" (exact likelihood), "elbo"/"iwae" (latent-variable bounds), "sample" (everyone).
+    TRAIN_KEYS included, for a dataset name) with a `hparam_spec` for the keys they introduce, `sample`, and either
+    `loss` (one optimizer minimizing it) or their own `train_step` (e.g. the alternating updates of a GAN).
+    Capabilities decide which metrics apply: "log_prob" (exact likelihood), "elbo"/"iwae" (latent-variable bounds),
+    "inverse" (flows: latent panel, inverse error), "sample" (everyone); `models.register` checks the declarations.
     """
 
     name: ClassVar[str]
@@ -31,18 +92,25 @@ class Method(nn.Module):
     unsupported: ClassVar[dict[str, str]] = {}  # dataset name -> why this method does not run on it
     requires: ClassVar[tuple[str, ...]] = ()  # methods whose trained run (same dataset and seed) this one starts from
     compiled: ClassVar[tuple[str, ...]] = ("loss",)  # what `compile_training` compiles; () where nothing can be
+    # The type and range of each hyper-parameter this class introduces (its subclasses inherit them; see
+    # `full_hparam_spec`); here the training loop's.
+    hparam_spec: ClassVar[dict[str, HParam]] = {
+        "steps": HParam(int, ge=1), "batch_size": HParam(int, ge=1), "lr": HParam(float, gt=0),
+        "weight_decay": HParam(float, ge=0)}
 
     def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
         super().__init__()
-        unknown = set(self.capabilities) - CAPABILITIES
-        if unknown:
-            raise ValueError(f"{type(self).__name__} declares unknown capabilities {unknown}")
         self.hparams = dict(hparams)
         self.data_shape = tuple(dataset.train.shape[1:])
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def full_hparam_spec(cls) -> dict[str, HParam]:
+        """The spec of every hyper-parameter: the `hparam_spec` of each class it inherits from, its own last."""
+        return {k: v for c in reversed(cls.__mro__) for k, v in vars(c).get("hparam_spec", {}).items()}
 
     @classmethod
     def check_start(cls, hparams: dict[str, Any], required: dict[str, dict[str, Any]]) -> None:
@@ -100,7 +168,35 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example log-density in nats (capability "log_prob"; images: see models/images.py)."""
         raise NotImplementedError(f"{self.name} has no tractable likelihood")
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example evidence lower bound on log p(x), in nats (capability "elbo")."""
+        raise NotImplementedError(f"{self.name} has no ELBO")
+
+    def iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Per-example importance-weighted bound with `k` samples, in nats (capability "iwae")."""
+        raise NotImplementedError(f"{self.name} has no IWAE bound")
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x → (z = g⁻¹(x), log|det ∂z/∂x| per example), x in the flow's space: the points, or the flattened logit
+        image (capability "inverse"; the figures draw z)."""
+        raise NotImplementedError(f"{self.name} has no inverse")
+
+    def inverse_error(self, x: torch.Tensor) -> torch.Tensor:
+        """Per example ‖x − g(g⁻¹(x))‖₂ in the flow's space, for data x (capability "inverse"; evaluation records
+        its mean)."""
+        raise NotImplementedError(f"{self.name} has no inverse")
+
+    def solver_info(self) -> dict[str, Any]:
+        """An ODE solver's settings and function evaluations, recorded with the likelihood metrics; {} without one."""
+        return {}
+
+    @property
+    def latent_dim(self) -> int:
+        """The latent dimension q: the `latent_dim` hyper-parameter where there is one, else (flows) the data's."""
+        return self.hparams.get("latent_dim", math.prod(self.data_shape))
 
 
 def _graph_step(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -31,10 +31,12 @@ from torch import nn
 from torchdiffeq import odeint
 
 from models import register
-from models.base import Losses, Method, linear
-from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
+from models.base import HParam, Losses, Method, linear
+from models.images import CONTINUOUS_ONLY, LOGIT_ALPHA, dequantize, from_logit, to_logit
 
 ACTIVATIONS = {"tanh": torch.tanh, "softplus": nn.functional.softplus}
+TOLERANCE = HParam(float, gt=0)  # the solver's atol and rtol
+ESTIMATOR = HParam(str, choices=("exact", "hutchinson"))  # of the divergence tr(∂f/∂x)
 
 
 class ConcatLinear(nn.Module):
@@ -147,9 +149,17 @@ def sample_noise(x: torch.Tensor, kind: str) -> torch.Tensor:
 @register("ffjord")
 class FFJORD(Method):
     family = "cnf"
-    capabilities = frozenset({"log_prob", "sample"})
+    capabilities = frozenset({"log_prob", "sample", "inverse"})
     unsupported = CONTINUOUS_ONLY
     compiled = ()  # the adaptive solver's step count depends on the data: no fixed graph to compile
+    hparam_spec = {
+        "hidden": HParam(list, items=int, ge=1), "activation": HParam(str, choices=tuple(ACTIVATIONS)),
+        "layer_type": HParam(str, choices=tuple(LAYERS)), "time_length": HParam(float, gt=0),
+        "solver": HParam(str, choices=("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint",
+                                       "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")),
+        "atol": TOLERANCE, "rtol": TOLERANCE, "eval_atol": TOLERANCE, "eval_rtol": TOLERANCE,
+        "trace_estimator": ESTIMATOR, "eval_trace_estimator": ESTIMATOR,
+        "hutchinson_noise": HParam(str, choices=("rademacher", "gaussian")), "logit_alpha": LOGIT_ALPHA}
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
@@ -250,6 +260,11 @@ class FFJORD(Method):
     def sample(self, n: int) -> torch.Tensor:
         x = self._flow(torch.randn(n, self.d, device=self.device, dtype=self._dtype), reverse=True)
         return from_logit(x, self.hparams["logit_alpha"]).float().view(n, *self.data_shape) if self.image else x
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The density solve at the evaluation tolerances and trace estimator."""
+        hp = self.hparams
+        return self.integrate(x.to(self._dtype), hp["eval_atol"], hp["eval_rtol"], hp["eval_trace_estimator"])
 
     @torch.no_grad()
     def inverse_error(self, x: torch.Tensor) -> torch.Tensor:

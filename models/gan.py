@@ -28,15 +28,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bench.datasets import TOY_DATASETS
-from bench.errors import UserError
+from core.errors import UserError
+from core.names import IMAGE_DATASETS, TOY_DATASETS
 from models import register
-from models.base import FusedAdam, Losses, Method
+from models.base import FusedAdam, HParam, Losses, Method
 from models.images import from_logit
 from models.nets import ConvDecoder, conv_discriminator, mlp_discriminator, mlp_net
 from models.vae import VAE
 
-IMAGE_DATASETS = ("mnist", "binarized_mnist")
 CRITIC_BATCH = {"points": 256, "image": 64}
 
 
@@ -46,6 +45,8 @@ class GAN(Method):
     family = "gan"
     capabilities = frozenset({"sample"})
     compiled = ("critic_update_loss", "generator_objective")  # the differentiated part of each update
+    hparam_spec = {"latent_dim": HParam(int, ge=1), "width": HParam(int, ge=1), "hidden_layers": HParam(int, ge=0),
+                   "logit_alpha": HParam(float, ge=0, lt=0.5), "n_critic": HParam(int, ge=1)}  # α = 0: a sigmoid
     n_critic_default: ClassVar[int] = 1
 
     @classmethod
@@ -65,7 +66,7 @@ class GAN(Method):
     def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
         super().__init__(dataset, hparams)
         self.image = len(self.data_shape) > 1
-        self.latent_dim, w = hparams["latent_dim"], hparams["width"]
+        w = hparams["width"]
         if hparams["n_critic"] < 1 or hparams["batch_size"] < hparams["n_critic"]:
             raise UserError(f"{self.name}: need 1 <= n_critic <= batch_size (the batch is split into n_critic "
                             f"critic minibatches), got n_critic={hparams['n_critic']}, "
@@ -140,6 +141,8 @@ class GAN(Method):
 class _Adam:
     """Mixin: Adam for both networks with lr, beta1, beta2 from the hyper-parameters."""
 
+    hparam_spec = {"beta1": HParam(float, ge=0, lt=1), "beta2": HParam(float, ge=0, lt=1)}
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
         return {name: FusedAdam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
@@ -170,6 +173,7 @@ class WGAN(GAN):
     """Wasserstein GAN with weight clipping: RMSprop 5e-5, clip 0.01, n_critic 5 (Arjovsky et al. 2017)."""
 
     n_critic_default = 5
+    hparam_spec = {"clip": HParam(float, gt=0)}
 
     @classmethod
     def optimizer_defaults(cls) -> dict[str, Any]:
@@ -200,6 +204,7 @@ class WGANGP(_Adam, WGAN):
     (Gulrajani et al. 2017, their gan_toy.py / gan_mnist.py settings)."""
 
     compiled = ()  # the penalty's double backward is beyond torch.compile's autograd
+    hparam_spec = {"gp_weight": HParam(float, ge=0)}
 
     @classmethod
     def optimizer_defaults(cls) -> dict[str, Any]:

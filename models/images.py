@@ -12,6 +12,10 @@ import math
 
 import torch
 
+from models.base import HParam
+
+# α of `to_logit`: s = α + (1−2α)·y must stay inside (0, 1) for y in [0, 1]
+LOGIT_ALPHA = HParam(float, gt=0, lt=0.5)
 # `unsupported` entry shared by the models of continuous data (flows, CNFs)
 CONTINUOUS_ONLY = {"binarized_mnist": "a flow models continuous data; binary pixels have no density"}
 

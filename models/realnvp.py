@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import register
-from models.base import Method
-from models.images import CONTINUOUS_ONLY, dequantize, from_logit, to_logit
+from models.base import HParam, Method
+from models.images import CONTINUOUS_ONLY, LOGIT_ALPHA, dequantize, from_logit, to_logit
 
 
 class _STNets(nn.Module):
@@ -57,8 +57,9 @@ class _STNets(nn.Module):
 @register("realnvp")
 class RealNVP(Method):
     family = "flow"
-    capabilities = frozenset({"log_prob", "sample"})
+    capabilities = frozenset({"log_prob", "sample", "inverse"})
     unsupported = CONTINUOUS_ONLY
+    hparam_spec = {"n_layers": HParam(int, ge=1), "width": HParam(int, ge=1), "logit_alpha": LOGIT_ALPHA}
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
@@ -120,3 +121,10 @@ class RealNVP(Method):
     def sample(self, n: int) -> torch.Tensor:
         x = self.forward(torch.randn(n, len(self.perm), device=self.device))
         return from_logit(x, self.hparams["logit_alpha"]).view(n, *self.data_shape) if self.image else x
+
+    @torch.no_grad()
+    def inverse_error(self, x: torch.Tensor) -> torch.Tensor:
+        """Per example ‖x − g(g⁻¹(x))‖₂ in the flow's space: the points, or the dequantized logit image."""
+        if self.image:
+            x = to_logit(dequantize(x), self.hparams["logit_alpha"])[0].flatten(1)
+        return (x - self.forward(self.inverse(x)[0])).norm(dim=1)

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import UserError
+from core.errors import UserError
 from models import register
-from models.base import Method
-from models.images import dequantize, from_logit, to_logit
+from models.base import HParam, Method
+from models.images import LOGIT_ALPHA, dequantize, from_logit, to_logit
 from models.nets import ConvDecoder, ConvEncoder, mlp_net
 
 LOG_2PI = math.log(2 * math.pi)
@@ -47,6 +47,9 @@ STEPS_50_EPOCHS = 50 * 55_000 // 64  # 42,968 steps of batch 64 over MNIST's 55k
 class VAE(Method):
     family = "vae"
     capabilities = frozenset({"elbo", "iwae", "sample"})
+    hparam_spec = {"latent_dim": HParam(int, ge=1), "width": HParam(int, ge=1), "hidden_layers": HParam(int, ge=0),
+                   "decoder": HParam(str, choices=("gaussian", "bernoulli")), "logit_alpha": LOGIT_ALPHA,
+                   "sample_mode": HParam(str, choices=("mean", "full"))}
     IWAE_MAX_ROWS = {"points": 65_536, "image": 2_048}  # decoder rows per chunk (images: ~40 KB of activations each)
 
     @classmethod
@@ -86,7 +89,7 @@ class VAE(Method):
         if hparams["sample_mode"] not in ("mean", "full"):
             raise UserError(f"vae sample_mode must be 'mean' or 'full', got {hparams['sample_mode']!r}")
         q, w = hparams["latent_dim"], hparams["width"]
-        self.latent_dim, self.dim = q, math.prod(self.data_shape)
+        self.dim = math.prod(self.data_shape)
         if self.image:
             self.encoder = ConvEncoder(w, 2 * q)
             self.decoder = ConvDecoder(q, w)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import models
-from bench.errors import UserError
+from bench import datasets
 from bench.train import LOG, RunSpec, train
 from conftest import needs_mnist
+from core.errors import UserError
 from models import otflow
 from models.ffjord import divergence
 from models.otflow import OTFlow, Potential, _act
@@ -31,14 +32,14 @@ def _scale_params(module, factor, seed):
 
 def _otflow(seed=0, factor=1.0, **hp):
     torch.manual_seed(seed)
-    flow = models.create("otflow", "moons", **hp).double()
+    flow = models.create("otflow", datasets.load("moons"), **hp).double()
     _scale_params(flow, factor, seed)
     return flow
 
 
 def _ffjord(seed=0, factor=1.0, **hp):
     torch.manual_seed(seed)
-    flow = models.create("ffjord", "moons", **hp).double()
+    flow = models.create("ffjord", datasets.load("moons"), **hp).double()
     _scale_params(flow, factor, seed)
     return flow
 
@@ -172,7 +173,7 @@ def test_otflow_round_trip_and_samples():
     assert err8.shape == (200,) and err8.max() < 1e-2
     flow.hparams["nt_eval"] = 32
     assert flow.inverse_error(x).max() < err8.max() / 20  # RK4: ≈ 4⁴ = 256× smaller for 4× the steps
-    s = models.create("otflow", "moons").sample(300)
+    s = models.create("otflow", datasets.load("moons")).sample(300)
     assert s.shape == (300, 2) and s.dtype == torch.float32 and torch.isfinite(s).all()
     info = flow.solver_info()
     assert info["solver"] == "rk4" and info["nt"] == 4 and info["nt_eval"] == 32
@@ -186,7 +187,7 @@ def test_ffjord_round_trip_samples_and_nfe():
     assert flow.inverse_error(x).max() < 1e-6
     flow.hparams.update(eval_atol=1e-6, eval_rtol=1e-6)
     torch.manual_seed(0)
-    s = models.create("ffjord", "moons").sample(300)
+    s = models.create("ffjord", datasets.load("moons")).sample(300)
     assert s.shape == (300, 2) and s.dtype == torch.float32 and torch.isfinite(s).all()
     flow.log_prob(x)
     info = flow.solver_info()

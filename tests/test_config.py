@@ -11,7 +11,7 @@ import yaml
 
 import models
 from bench import config
-from bench.errors import UserError
+from core.errors import UserError
 
 GOOD = {"datasets": ["moons"], "methods": ["realnvp"], "seeds": [0, 1]}
 
@@ -57,7 +57,9 @@ def test_a_vaeinit_gan_given_its_vaes_sizes_is_valid():
     ({**GOOD, "evaluation": {"n_samples": {"points": 20000}}},
      "at evaluation.n_samples.points: 20000 is greater than the maximum of 10000"),  # every test set has 10,000
     ({**GOOD, "hparams": {"realnvp": {"batch_size": 0}}},
-     "hparams.realnvp: hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
+     "hparams.realnvp: hyper-parameter batch_size of realnvp must be an integer >= 1, got 0"),
+    ({**GOOD, "hparams": {"realnvp": {"width": -5}}},
+     "hparams.realnvp: hyper-parameter width of realnvp must be an integer >= 1, got -5"),
     ({**GOOD, "datasets": ["mnist"], "methods": ["vae", "dcgan-vaeinit"], "hparams": {"vae": {"width": 16}}},
      "hparams of dcgan-vaeinit on mnist: dcgan-vaeinit loads the VAE decoder into its generator, but the VAE's "
      "decoder does not fit (width: vae 16 vs dcgan-vaeinit 32); give the GAN the VAE's latent_dim, width"),
@@ -106,7 +108,9 @@ NOT_MNIST_MD5 = hashlib.md5(NOT_MNIST).hexdigest()
     ([*TRAIN, "--method", "realnvp", "--dataset", "nope"], {}, "unknown dataset 'nope'; valid datasets: moons"),
     ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--set", "stepz=1"], {}, "unknown hyper-parameter(s) stepz"),
     ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--set", "batch_size=0"], {},
-     "hyper-parameter batch_size of realnvp must be a positive integer, got 0"),
+     "hyper-parameter batch_size of realnvp must be an integer >= 1, got 0"),
+    ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--set", "width=-5"], {},
+     "hyper-parameter width of realnvp must be an integer >= 1, got -5"),
     ([*TRAIN, "--method", "realnvp", "--dataset", "moons", "--loop", json.dumps({"retry_diverged": "yes"})], {},
      "training-loop setting retry_diverged='yes' is invalid; valid: log_every,"),
     ([*TRAIN, "--method", "wgan-gp", "--dataset", "moons", "--loop", json.dumps({"compile": True})], {},

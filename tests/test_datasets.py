@@ -9,8 +9,8 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from bench import datasets
-from bench.errors import UserError
 from conftest import needs_mnist
+from core.errors import UserError
 
 
 @pytest.mark.parametrize("name", ["moons", "ring8", "grid25"])

@@ -8,10 +8,10 @@ import torch
 
 from bench import datasets
 from bench import evaluate as ev
-from bench.errors import UserError
 from bench.sampling import sample_run
 from bench.train import RunSpec, train
 from conftest import needs_mnist
+from core.errors import UserError
 from metrics import wasserstein
 
 LOOP = {"log_every": 10, "val_every": 10, "checkpoint_every": 10, "val_size": 200}

@@ -9,9 +9,10 @@ import torch
 from torch._dynamo.utils import counters
 
 import models
-from bench.errors import UserError
+from bench import datasets
 from bench.train import CHECKPOINT, RunSpec, load_checkpoint, train
 from conftest import needs_mnist
+from core.errors import UserError
 from models.gan import DCGAN, WGAN, WGANGP, WGANVAEInit
 from models.vae import VAE
 
@@ -35,24 +36,25 @@ def _last_row(run_dir):
 def test_every_gan_builds_and_samples_on_moons():
     torch.manual_seed(0)
     for name in GANS:
-        gan = models.create(name, "moons")
+        gan = models.create(name, datasets.load("moons"))
         assert gan.capabilities == {"sample"} and gan.family == "gan"
         s = gan.sample(32)
         assert s.shape == (32, 2) and torch.isfinite(s).all()
     for name in VAEINIT:
         assert models.get(name).requires == ("vae",)
         with pytest.raises(UserError, match="does not run on dataset 'moons'.*MNIST"):
-            models.create(name, "moons")
+            models.create(name, datasets.load("moons"))
 
 
 @needs_mnist
 def test_every_gan_builds_and_samples_in_unit_range_on_mnist():
     torch.manual_seed(0)
+    mnist = datasets.load("mnist")
     for name in GANS + VAEINIT:
-        gan = models.create(name, "mnist", width=8)
+        gan = models.create(name, mnist, width=8)
         s = gan.sample(5)
         assert s.shape == (5, 1, 28, 28) and s.dtype == torch.float32 and 0 <= s.min() and s.max() <= 1
-    assert models.create("dcgan", "mnist").hparams["latent_dim"] == models.create("vae", "mnist").hparams["latent_dim"]
+    assert models.create("dcgan", mnist).hparams["latent_dim"] == models.create("vae", mnist).hparams["latent_dim"]
 
 
 def test_short_runs_through_the_training_loop_give_finite_losses(tmp_path):
@@ -80,7 +82,7 @@ def test_vaeinit_runs_on_mnist_from_a_trained_vae_run(tmp_path):
 
 def test_wgan_critic_weights_stay_within_the_clip():
     torch.manual_seed(0)
-    gan = models.create("wgan", "moons", width=16, lr=0.5)  # steps far larger than the clip
+    gan = models.create("wgan", datasets.load("moons"), width=16, lr=0.5)  # steps far larger than the clip
     opts = gan.configure_optimizers()
     gan.train_step(torch.randn(40, 2), opts, 0)
     c = gan.hparams["clip"]
@@ -93,7 +95,7 @@ def test_wgan_critic_weights_stay_within_the_clip():
 def test_gradient_penalty_matches_an_independent_per_example_computation(dataset):
     torch.manual_seed(0)
     if dataset == "moons":
-        gan = models.create("wgan-gp", "moons", width=16)
+        gan = models.create("wgan-gp", datasets.load("moons"), width=16)
         real, fake = torch.randn(6, 2), torch.randn(6, 2)
     else:
         gan = WGANGP(FAKE_MNIST, {**WGANGP.defaults("mnist"), "width": 4})
@@ -167,18 +169,18 @@ def test_wgan_default_batch_gives_critic_minibatches_of_the_paper_size():
         hp = cls.defaults("mnist")
         assert hp["n_critic"] == 5 and hp["batch_size"] // hp["n_critic"] == 64, name
     with pytest.raises(UserError, match="n_critic"):
-        models.create("wgan", "moons", batch_size=3)
+        models.create("wgan", datasets.load("moons"), batch_size=3)
 
 
 def test_losses_have_the_papers_signs():
     torch.manual_seed(0)
     real, fake = torch.randn(8, 2), torch.randn(8, 2) + 1
-    dcgan = models.create("dcgan", "moons", width=16)
+    dcgan = models.create("dcgan", datasets.load("moons"), width=16)
     d_real, d_fake = dcgan.discriminator(real), dcgan.discriminator(fake)
     expected = -torch.log(torch.sigmoid(d_real)).mean() - torch.log(1 - torch.sigmoid(d_fake)).mean()
     torch.testing.assert_close(dcgan.critic_loss(real, fake)[0], expected)
     torch.testing.assert_close(dcgan.generator_loss(d_fake), -torch.log(torch.sigmoid(d_fake)).mean())  # non-saturating
-    wgan = models.create("wgan", "moons", width=16)
+    wgan = models.create("wgan", datasets.load("moons"), width=16)
     d_real, d_fake = wgan.discriminator(real), wgan.discriminator(fake)
     loss, logs = wgan.critic_loss(real, fake)
     torch.testing.assert_close(loss, d_fake.mean() - d_real.mean())
@@ -222,7 +224,8 @@ def test_train_step_logs_the_mean_over_critic_updates_and_one_chunk_of_generator
     """The logged d_loss and wasserstein are the averages over the n_critic critic updates of the step, and the
     generator update draws as many noise vectors as one critic chunk (module docstring)."""
     torch.manual_seed(0)
-    gan = models.create("wgan", "moons", width=8, hidden_layers=2, batch_size=40)  # n_critic 5: chunks of 8
+    # n_critic 5: chunks of 8
+    gan = models.create("wgan", datasets.load("moons"), width=8, hidden_layers=2, batch_size=40)
     seen, gen_batch = [], []
     critic, objective = gan.critic_update_loss, gan.generator_objective
 

@@ -5,11 +5,12 @@ from types import SimpleNamespace
 import torch
 
 import models
+from bench import datasets
 
 
 def _flow(seed: int = 0):
     torch.manual_seed(seed)
-    flow = models.create("realnvp", "moons").double()
+    flow = models.create("realnvp", datasets.load("moons")).double()
     with torch.no_grad():  # larger weights than init so every coupling scales and shifts substantially
         for p in flow.parameters():
             p.mul_(3.0)
@@ -72,7 +73,7 @@ def test_density_integrates_to_one():
 
 def test_sample_shape_and_finiteness():
     torch.manual_seed(0)
-    flow = models.create("realnvp", "moons")
+    flow = models.create("realnvp", datasets.load("moons"))
     x = flow.sample(100)
     assert x.shape == (100, 2) and torch.isfinite(x).all()
 

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 from bench import cli, report, stats  # noqa: E402
 from bench.aggregate import COLUMNS, collect  # noqa: E402
-from bench.errors import UserError  # noqa: E402
+from core.errors import UserError  # noqa: E402
 
 GAN_NA = "gan: an implicit model (samples only) has no tractable density or bound"
 DIVERGED = "diverged: non-finite loss at step 1200"

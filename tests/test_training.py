@@ -10,11 +10,11 @@ import torch
 import models
 from bench import datasets
 from bench import train as train_module
-from bench.errors import UserError
 from bench.io import read_json, save_torch
 from bench.seeding import determinism, seed_everything
 from bench.train import CHECKPOINT, PROVENANCE, RESUME, EpochSampler, RunSpec, load_checkpoint, retry_seed, train
 from conftest import DispatchLog
+from core.errors import UserError
 from models.base import FusedAdam
 
 SYNC = "aten._local_scalar_dense.default"  # the host reading a tensor's value: on a GPU, waiting for the device
@@ -397,7 +397,7 @@ def test_epoch_sampler_covers_each_epoch_once_and_is_a_function_of_step():
 def test_batch_size_larger_than_data_is_rejected():
     with pytest.raises(UserError, match="batch_size"):
         EpochSampler(10, 64, seed=0)
-    with pytest.raises(UserError, match="positive integer"):
+    with pytest.raises(UserError, match="must be an integer >= 1"):
         _spec(batch_size=0)
 
 

@@ -9,8 +9,8 @@ from torch import nn
 
 import models
 from bench import datasets
-from bench.errors import UserError
 from conftest import needs_mnist
+from core.errors import UserError
 from models.vae import VAE
 
 
@@ -24,7 +24,7 @@ def _peaked_moons_vae(seed=0):
     """A moons VAE whose posterior is far from its encoder: large decoder weights and a small decoder variance,
     so the ELBO gap, and its shrinking with k, are large."""
     torch.manual_seed(seed)
-    vae = models.create("vae", "moons", hidden_layers=1, width=32)
+    vae = models.create("vae", datasets.load("moons"), hidden_layers=1, width=32)
     with torch.no_grad():
         for p in vae.decoder.parameters():
             p.mul_(3.0)
@@ -38,7 +38,7 @@ def _moons_points(n=200):
 
 def test_shapes_and_finiteness_on_moons():
     torch.manual_seed(0)
-    vae = models.create("vae", "moons")
+    vae = models.create("vae", datasets.load("moons"))
     x = datasets.load("moons").test[:50]
     with torch.no_grad():
         e, w, s = vae.elbo(x), vae.iwae(x, 7), vae.sample(30)
@@ -57,7 +57,7 @@ def test_shapes_and_range_on_mnist():
         e, w, s = vae.elbo(x), vae.iwae(x, 5), vae.sample(6)
     assert e.shape == (4,) and w.shape == (4,) and torch.isfinite(e).all() and torch.isfinite(w).all()
     assert s.shape == (6, 1, 28, 28) and s.dtype == torch.float32 and s.min() >= 0 and s.max() <= 1
-    bvae = models.create("vae", "binarized_mnist", width=8)
+    bvae = models.create("vae", datasets.load("binarized_mnist"), width=8)
     assert bvae.hparams["decoder"] == "bernoulli"
     with torch.no_grad():
         b = bvae.iwae(datasets.load("binarized_mnist").test[:3], 4)
@@ -232,7 +232,7 @@ def test_bernoulli_decoder_only_on_binary_data():
     with pytest.raises(UserError, match="binary data only.*'mnist'.*use decoder: gaussian"):
         VAE(_fake("mnist", (1, 28, 28), "image"), {**VAE.defaults("mnist"), "decoder": "bernoulli"})
     with pytest.raises(UserError, match="binary data only"):
-        models.create("vae", "moons", decoder="bernoulli")
+        models.create("vae", datasets.load("moons"), decoder="bernoulli")
     with pytest.raises(UserError, match="use decoder: bernoulli"):
         VAE(_fake("binarized_mnist", (1, 28, 28), "image"), {**VAE.defaults("binarized_mnist"), "decoder": "gaussian"})
     vae = VAE(_fake("binarized_mnist", (1, 28, 28), "image"), {**VAE.defaults("binarized_mnist"), "width": 4})
@@ -245,7 +245,7 @@ def test_bernoulli_decoder_only_on_binary_data():
 @needs_mnist
 def test_bernoulli_on_gray_mnist_is_a_user_error_through_create():
     with pytest.raises(UserError, match="bernoulli"):
-        models.create("vae", "mnist", decoder="bernoulli")
+        models.create("vae", datasets.load("mnist"), decoder="bernoulli")
 
 
 def test_one_dequantization_per_example_shared_by_the_k_samples(monkeypatch):
@@ -288,7 +288,7 @@ def test_full_samples_on_points_have_the_decoder_standard_deviation():
     """sample_mode full on points: x = m(z) + exp(ℓ/2)·ε. With a constant decoder mean, each coordinate's sample std
     is exp(ℓ/2) (here 2 and 0.5), not exp(ℓ)."""
     torch.manual_seed(0)
-    vae = models.create("vae", "moons")
+    vae = models.create("vae", datasets.load("moons"))
     assert vae.hparams["sample_mode"] == "full"
     with torch.no_grad():
         last = vae.decoder[-1]

@@ -38,13 +38,13 @@ import torch
 import models
 from bench import datasets, provenance
 from bench.allocator import keep_freed_memory
-from bench.errors import UserError
 from bench.io import write_text
 from bench.perf import metrics as perf_metrics
 from bench.perf import targets
 from bench.perf.training import compare, paired_ratio, reference_step, suite_step, window_ratios
 from bench.seeding import resolve_device
 from bench.train import RunSpec, train
+from core.errors import UserError
 
 REPO = provenance.REPO
 TRAINING = ["suite_steps_per_s", "suite_samples_per_s", "reference_steps_per_s", "ratio", "ratio_windows",

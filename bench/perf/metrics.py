@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from bench import datasets
-from bench.errors import UserError
 from bench.io import save_torch
 from bench.provenance import REPO
+from core.errors import UserError
 from metrics.fid import MnistClassifier, fid, frechet_distance, register_mnist_extractor, torch_fidelity_metrics
 from metrics.modes import mixture_mode_coverage
 from metrics.precision_recall import knn_precision_recall
