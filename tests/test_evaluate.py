@@ -326,6 +326,9 @@ class _FlowStub:
     def log_prob(self, x):
         return -x.flatten(1).double().pow(2).sum(1)
 
+    def solver_info(self):
+        return {}
+
 
 class _VAEStub:
     """elbo(x) = −|x|²; iwae(x, k) = elbo(x) + log k: the gap grows with k and has a known sign."""
