@@ -12,8 +12,7 @@ import jsonschema
 import yaml
 
 import models
-from bench import datasets
-from bench.metric_names import check_metrics
+from bench import catalog, datasets
 from core.errors import UserError
 
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
@@ -70,7 +69,7 @@ def _check_names(cfg: dict[str, Any]) -> None:
     for name in cfg["methods"]:
         models.get(name)
     try:
-        check_metrics(cfg["evaluation"].get("metrics"))
+        catalog.check_selection(cfg["evaluation"].get("metrics"))
     except UserError as exc:
         raise UserError(f"evaluation.metrics: {exc}") from None
     for method in cfg["training"].get("compile", []):

@@ -12,7 +12,7 @@
   numbers are read against, with the data's own entropy (the NLL floor) where the density is known.
 A metric that does not apply to a method is an "n/a" record with the reason; a metric that fails is a
 "failed" record and the others are kept; a diverged run gets a "failed" record. The setting `metrics` (names from
-METRICS) restricts the records to those metrics and skips the computations only the others need.
+bench/catalog.py) restricts the records to those metrics and skips the computations only the others need.
 """
 from __future__ import annotations
 
@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench import datasets, provenance
+from bench import catalog, datasets, provenance
 from bench.config import validate_evaluation
 from bench.io import read_json, write_json
-from bench.metric_names import METRICS, check_metrics
 from bench.sampling import SAMPLES, load_samples
 from bench.seeding import resolve_device
 from bench.train import PROVENANCE, load_model
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
     from bench.classifier import Classifier
 
 METRICS_FILE = "metrics.json"
-CLASSIFIER_METRICS = ("fid", "precision", "recall", "classes_covered", "class_kl")  # on images, from its features
 EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 1000,
     "device": "cpu",
@@ -54,7 +52,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "pr_k": 3,
     "inverse_error_n": 1000,
     "inception_weights": None,  # torch-fidelity's Inception weights file: adds the standard Inception FID on images
-    "metrics": None,  # names from METRICS to compute; None: every applicable metric
+    "metrics": None,  # names of catalog.SELECTABLE to compute; None: every applicable metric
 }
 
 
@@ -75,23 +73,18 @@ def settings_for(user: dict[str, Any] | None) -> dict[str, Any]:
     """The evaluation defaults updated by the config; per-kind settings ({points, image}) merge key by key."""
     user = user or {}
     validate_evaluation(user)
-    check_metrics(user.get("metrics"))
+    catalog.check_selection(user.get("metrics"))
     return {k: {**v, **user.get(k, {})} if isinstance(v, dict) else user.get(k, v) for k, v in EVAL_DEFAULTS.items()}
 
 
-def _name(metric: str) -> str:
-    """The METRICS name of a record: iwae_k10 -> iwae_k."""
-    return "iwae_k" if metric.startswith("iwae_k") else metric
-
-
-def wanted(s: dict[str, Any], *metrics: str) -> bool:
-    """Whether the settings ask for any of `metrics`."""
-    return s["metrics"] is None or any(_name(m) in s["metrics"] for m in metrics)
+def wanted(s: dict[str, Any], *records: str) -> bool:
+    """Whether the settings ask for the metric of any of `records` (iwae_k10 is the metric iwae_k)."""
+    return s["metrics"] is None or any((m := catalog.find(r)) is not None and m.name in s["metrics"] for r in records)
 
 
 def _selected(records: list[Record], s: dict[str, Any]) -> list[Record]:
     """The records of the selected metrics, and those of no metric (a failed group of computations)."""
-    return [r for r in records if _name(r.metric) not in METRICS or wanted(s, r.metric)]
+    return [r for r in records if catalog.find(r.metric) is None or wanted(s, r.metric)]
 
 
 def _kind_value(setting: Any, ds: datasets.Dataset) -> Any:
@@ -278,7 +271,7 @@ def sample_records(ds: datasets.Dataset, generated: torch.Tensor, s: dict[str, A
             run("class_kl", lambda: classes.kl_to_uniform, "nats", classifier=name)
     else:
         why = "needs the suite's MNIST classifier: pass --classifier (the pipeline's mnist_classifier rule trains it)"
-        out += [Record(m, n=n, status="n/a", reason=why) for m in CLASSIFIER_METRICS if wanted(s, m)]
+        out += [Record(m, n=n, status="n/a", reason=why) for m in catalog.needing("classifier") if wanted(s, m)]
     if ds.kind == "image" and s["inception_weights"]:
         from metrics.fid import torch_fidelity_metrics
 

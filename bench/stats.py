@@ -1,9 +1,9 @@
 """Statistics over training seeds: intervals, tests between methods, multiple-testing correction, effect sizes
 and ranks. Pure functions on arrays (no files, no data frames).
 
-Metric direction: `loss_values` turns a metric into a loss (lower is better) so that every comparison and rank
-is oriented the same way: lower-is-better metrics unchanged, `elbo_gap` as |gap| (closer to 0 is better),
-higher-is-better metrics negated. Metrics without a known direction are never compared or ranked.
+Metric direction (bench/catalog.py): `loss_values` turns a metric into a loss (lower is better) so that every
+comparison and rank is oriented the same way: lower-is-better metrics unchanged, toward-zero ones as |x|,
+higher-is-better ones negated. Metrics without a direction are never compared or ranked.
 """
 from __future__ import annotations
 
@@ -15,29 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-LOWER_IS_BETTER = frozenset({"test_nll", "test_bpd", "w1", "w2", "sliced_w2", "fid", "fid_inception", "mode_kl",
-                             "class_kl", "inverse_error", "train_time_s", "train_peak_mem_mb", "eval_time_s"})
-TOWARD_ZERO = frozenset({"elbo_gap"})  # a gap of 0 is best; |gap| is the loss
-HIGHER_IS_BETTER = frozenset({"precision", "recall", "modes_covered", "classes_covered", "high_quality", "elbo",
-                              "samples_per_s"})
-HIGHER_IS_BETTER_PREFIXES = ("iwae_k",)  # iwae_k1, iwae_k10, ...: log-likelihood bounds
-
-
-def direction(metric: str) -> str | None:
-    """'lower', 'zero' (closer to 0 is better), 'higher', or None when the metric has no better side."""
-    if metric in LOWER_IS_BETTER:
-        return "lower"
-    if metric in TOWARD_ZERO:
-        return "zero"
-    if metric in HIGHER_IS_BETTER or metric.startswith(HIGHER_IS_BETTER_PREFIXES):
-        return "higher"
-    return None
+from bench import catalog
 
 
 def loss_values(metric: str, values: Sequence[float]) -> np.ndarray:
     """The metric as a loss, lower is better: x ('lower'), |x| ('zero'), −x ('higher')."""
     x = np.asarray(values, dtype=float)
-    kind = direction(metric)
+    kind = catalog.direction(metric)
     if kind is None:
         raise ValueError(f"metric {metric!r} has no known direction (better is neither lower nor higher)")
     return {"lower": x, "zero": np.abs(x), "higher": -x}[kind]

@@ -32,16 +32,16 @@ MAX_OT_BYTES = 8 * 2**30
 SOLVERS = ("emd2", "multiscale", "emd2_lazy")
 # The multiscale solver (`_multiscale`): problems of at most _DENSE_PAIRS pairs are solved densely; each coarser
 # level keeps _KEEP of the points; each point starts with its _CANDIDATES cheapest pairs in reduced cost, and each
-# repair round adds a violating row's _REPAIR most negative ones. Measured on shifted 2-D Gaussians (README).
+# repair round adds a violating row's _REPAIR most negative ones (tuned on shifted 2-D Gaussians:
+# docs/performance.md).
 _DENSE_PAIRS, _KEEP, _CANDIDATES, _REPAIR = 2000**2, 0.4, 30, 30
-_BLOCK = 2**21  # entries per scanned block of the cost matrix: 16 MB
+_BLOCK = 2**21  # entries per scanned block of the cost matrix (float64)
 
 
 def cost_matrix(xs: np.ndarray, ys: np.ndarray, p: int) -> np.ndarray:
     """The n×m cost matrix ‖x_i − y_j‖^p (p ∈ {1, 2}) of float64 arrays: ``ot.dist``'s arithmetic
-    (‖x‖² + ‖y‖² − 2·xᵀy, clipped at 0, square root for p = 1), bit for bit, computed in place. ``ot.dist``
-    allocates three to four n×m temporaries; at n = m = 10,000 in 2-D it took 3.0–5.3 s against 0.5 s in place
-    (Intel Xeon, 2 cores)."""
+    (‖x‖² + ‖y‖² − 2·xᵀy, clipped at 0, square root for p = 1), bit for bit, computed in place: ``ot.dist``
+    allocates three to four n×m temporaries, which dominate its time and memory at the evaluation's n."""
     cost = xs @ ys.T
     cost *= -2
     cost += np.einsum("ij,ij->i", xs, xs)[:, None]
@@ -54,9 +54,9 @@ def cost_matrix(xs: np.ndarray, ys: np.ndarray, p: int) -> np.ndarray:
 
 def _memory(solver: str, n: int, m: int) -> float:
     """Bytes "emd2" or "multiscale" needs for n against m points, from the peak resident memory W2 added in 2-D.
-    Dense: 6·n·m·8 (cost matrix, plan, POT's copies; 1.3 GB measured at n = m = 6,000, 4.05 GB at 10,000).
-    Multiscale: its dense base problem, two scanned blocks and 100 pairs per point at 100 bytes each (POT's graph
-    and ours; 250 MB measured at 10,000, against 360 MB estimated)."""
+    Dense: 6·n·m·8 (cost matrix, plan, POT's copies). Multiscale: its dense base problem, two scanned blocks and
+    100 pairs per point at 100 bytes each (POT's graph and ours). Both bounds are fitted to measured peaks
+    (docs/performance.md)."""
     if solver == "emd2":
         return 6 * n * m * 8
     return 6 * min(n * m, _DENSE_PAIRS) * 8 + 2 * _BLOCK * 8 + 100 * (n + m) * 100
@@ -65,9 +65,9 @@ def _memory(solver: str, n: int, m: int) -> float:
 def exact_solver(n: int, m: int, p: int = 2, max_bytes: float = MAX_OT_BYTES) -> str:
     """The fastest solver for W_p between n and m points whose memory (`_memory`) is at most ``max_bytes``.
 
-    W2 above _DENSE_PAIRS pairs: "multiscale" (14–18 s against 25–35 s dense at n = 10,000 in 2-D, AMD EPYC, 2 cores).
-    W1: POT's dense "emd2" wherever it fits (23 s; multiscale 31 s, as the Euclidean cost leaves many near-ties in
-    reduced cost and so many repair rounds). POT's "emd2_lazy" (37 s for W1, O(n + m) memory) where neither fits."""
+    W2 above _DENSE_PAIRS pairs: "multiscale". W1: POT's dense "emd2" wherever it fits, since the Euclidean cost
+    leaves many near-ties in reduced cost and so many repair rounds for the multiscale solver. POT's "emd2_lazy"
+    (O(n + m) memory) where neither fits. The timings behind this choice are in docs/performance.md."""
     fast = ("emd2", "multiscale") if p == 1 or n * m <= _DENSE_PAIRS else ("multiscale", "emd2")
     return next((s for s in fast if _memory(s, n, m) <= max_bytes), "emd2_lazy")
 
@@ -212,8 +212,8 @@ def exact_wasserstein(
 
     ``solver`` (default: `exact_solver`'s choice under ``MAX_OT_BYTES``) is one of ``SOLVERS``: "emd2", POT's
     dense solver (n·m memory); "multiscale", the same optimum from sparse problems, certified on all pairs
-    (`_multiscale`; 250 MB at n = m = 10,000 in 2-D, against 4 GB dense); "emd2_lazy", POT's solver computing
-    costs on the fly (O(n + m) memory, about 1.4 times the dense time in 2-D).
+    (`_multiscale`; O(n + m) memory above its dense base problem); "emd2_lazy", POT's solver computing
+    costs on the fly (O(n + m) memory, slower than dense).
     ``num_iter_max`` is POT's ``numItermax``. Raises ``OTNotConvergedError`` unless POT reports
     ``result_code == 1`` (optimal). Single-threaded; ``python -m bench.perf`` times it.
     """
@@ -226,8 +226,8 @@ def exact_wasserstein(
     solver = exact_solver(n, m, p) if solver is None else solver
     if solver not in SOLVERS:
         raise ValueError(f"unknown exact OT solver {solver!r}; use one of {', '.join(SOLVERS)}")
-    import ot  # here, not at the top: POT's import (scikit-learn's with it) takes about a second, which the
-    # pipeline's sampling jobs, importing this module through bench.evaluate, do not need
+    import ot  # here, not at the top: POT's import (scikit-learn's with it) is slow, and the pipeline's sampling
+    # jobs, which import this module through bench.evaluate, do not need it
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="numItermax reached")  # we raise our own error

@@ -6,7 +6,8 @@ import re
 import pytest
 import torch
 
-from bench import datasets
+import models
+from bench import catalog, datasets
 from bench import evaluate as ev
 from bench.sampling import sample_run
 from bench.train import RunSpec, train
@@ -29,8 +30,19 @@ def _records(result):
     return {r["metric"]: r for r in result["records"]}
 
 
+def _matches_catalog(result, data, evaluators=()):
+    """Every record is of a catalog metric, and the metrics with values are those the catalog says apply."""
+    records = result["records"]
+    assert all(catalog.find(r["metric"]) for r in records), [r["metric"] for r in records]
+    capabilities = models.get(result["run"]["method"]).capabilities
+    ok = {catalog.find(r["metric"]).name for r in records if r["status"] == "ok"}
+    assert sorted(ok) == sorted(catalog.applicable(capabilities, data, evaluators))
+
+
 def test_flow_gets_exact_nll_sample_metrics_and_modes(tmp_path):
-    rec = _records(ev.evaluate(_run(tmp_path, "realnvp", width=16), SMALL_EVAL))
+    result = ev.evaluate(_run(tmp_path, "realnvp", width=16), SMALL_EVAL)
+    rec = _records(result)
+    _matches_catalog(result, {"points", "mixture"})
     assert rec["test_nll"]["status"] == "ok" and rec["test_nll"]["n"] == 10_000
     assert rec["elbo_gap"]["value"] == 0.0
     for metric in ("w1", "w2", "sliced_w2", "precision", "recall", "modes_covered", "high_quality", "mode_kl"):
@@ -40,7 +52,9 @@ def test_flow_gets_exact_nll_sample_metrics_and_modes(tmp_path):
 
 
 def test_gan_likelihood_is_not_applicable_with_a_reason(tmp_path):
-    rec = _records(ev.evaluate(_run(tmp_path, "dcgan"), SMALL_EVAL))
+    result = ev.evaluate(_run(tmp_path, "dcgan"), SMALL_EVAL)
+    rec = _records(result)
+    _matches_catalog(result, {"points", "mixture"})
     for metric in ("test_nll", "elbo_gap"):
         assert rec[metric]["status"] == "n/a" and rec[metric]["value"] is None
         assert "no tractable density" in rec[metric]["reason"]
@@ -48,7 +62,9 @@ def test_gan_likelihood_is_not_applicable_with_a_reason(tmp_path):
 
 
 def test_vae_reports_elbo_iwae_and_gap(tmp_path):
-    rec = _records(ev.evaluate(_run(tmp_path, "vae"), SMALL_EVAL))
+    result = ev.evaluate(_run(tmp_path, "vae"), SMALL_EVAL)
+    rec = _records(result)
+    _matches_catalog(result, {"points", "mixture"})
     assert {"elbo", "iwae_k1", "iwae_k10", "elbo_gap", "test_nll"} <= set(rec)
     assert rec["test_nll"]["value"] == pytest.approx(-rec["iwae_k10"]["value"])
     assert rec["elbo_gap"]["settings"]["k"] == 10 and math.isfinite(rec["elbo_gap"]["value"])
@@ -165,7 +181,9 @@ def test_image_runs_get_bits_per_dim_fid_and_class_coverage(tmp_path):
           progress=False)
     sample_run(run, 200)
     settings = {"n_samples": {"image": 200}, "batch_size": 500}
-    rec = _records(ev.evaluate(run, settings, classifier=weights))
+    result = ev.evaluate(run, settings, classifier=weights)
+    rec = _records(result)
+    _matches_catalog(result, {"image"}, {"classifier"})
     assert rec["test_nll"]["n"] == 10_000 and rec["test_bpd"]["unit"] == "bits/dim"
     assert rec["test_bpd"]["value"] == pytest.approx(rec["test_nll"]["value"] / (784 * math.log(2)) + 8)
     for metric in ("fid", "precision", "recall", "classes_covered", "class_kl", "w2"):
@@ -173,7 +191,7 @@ def test_image_runs_get_bits_per_dim_fid_and_class_coverage(tmp_path):
     assert rec["fid"]["settings"]["classifier_test_accuracy"] == 0.1
     assert rec["fid"]["settings"]["extractor"].startswith("mnist-classifier-")
     without = _records(ev.evaluate(run, settings))  # no classifier: its metrics are n/a, with the reason
-    for metric in ev.CLASSIFIER_METRICS:
+    for metric in catalog.needing("classifier"):
         assert without[metric]["status"] == "n/a" and "pass --classifier" in without[metric]["reason"], metric
     assert without["w2"]["status"] == "ok" and without["test_bpd"]["value"] == rec["test_bpd"]["value"]
 

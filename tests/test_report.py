@@ -1,6 +1,8 @@
 """Aggregation cost rows, tables, figures and the self-contained report, on synthetic tidy tables."""
+import dataclasses
 import json
 import re
+from pathlib import Path
 
 import matplotlib
 
@@ -10,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from bench import cli, report, stats  # noqa: E402
+from bench import catalog, claims, cli, report, stats, tables  # noqa: E402
 from bench.aggregate import COLUMNS, collect  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
@@ -48,7 +50,8 @@ def synthetic() -> pd.DataFrame:
     for seed in range(3):
         rows += _run("moons", "realnvp", seed, {"test_nll": 0.35 + 0.01 * seed, "elbo_gap": 0.0,
                                                 "w2": 0.07 + 0.001 * seed, "precision": 0.96 - 0.01 * seed,
-                                                "train_time_s": 100.0 + seed})
+                                                "train_time_s": 100.0 + seed, "train_peak_mem_mb": 300.0,
+                                                "samples_per_s": 2000.0 + seed})
         rows += _run("moons", "vae", seed, {"test_nll": 0.5 + 0.02 * seed, "elbo": -0.6, "iwae_k10": -0.55,
                                             "elbo_gap": 0.1, "w2": 0.12 + 0.01 * seed, "precision": 0.90,
                                             "train_time_s": 50.0 + seed}, hparams={"latent_dim": 2})
@@ -69,8 +72,8 @@ def synthetic() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def res() -> report.Results:
-    return report.Results(synthetic())
+def res() -> tables.Results:
+    return tables.Results(synthetic())
 
 
 def _table(tables, name):
@@ -82,12 +85,17 @@ def _cells(table, method):
     return dict(zip(table.header, row, strict=True))
 
 
+def _squeezed(markdown):
+    """Markdown tables with tabulate's column padding collapsed to one space."""
+    return re.sub(" {2,}", " ", markdown)
+
+
 def test_summary_table_cells_floor_na_and_failed(res):
-    moons = _table(report.summary_tables(res), "summary_moons")
+    moons = _table(tables.summary_tables(res), "summary_moons")
     assert [r[0].text for r in moons.rows] == ["data (floor)", "realnvp", "vae", "dcgan"]
     realnvp = _cells(moons, "realnvp")
     ci = stats.t_interval([0.35, 0.36, 0.37])
-    assert realnvp["test NLL (nats) ↓"].text == report.fmt_mean_hw(ci.mean, ci.half_width) == "0.360 ± 0.025"
+    assert realnvp["test NLL (nats) ↓"].text == tables.fmt_mean_hw(ci.mean, ci.half_width) == "0.360 ± 0.025"
     dcgan = _cells(moons, "dcgan")
     assert (dcgan["seeds"].text, dcgan["failed"].text) == ("3", "1")
     failed_note = moons.notes[dcgan["failed"].notes[0] - 1]
@@ -95,13 +103,13 @@ def test_summary_table_cells_floor_na_and_failed(res):
     nll = dcgan["test NLL (nats) ↓"]
     assert nll.text == "n/a" and moons.notes[nll.notes[0] - 1] == GAN_NA
     assert dcgan["ELBO gap (nats) →0"].notes == nll.notes  # one footnote per reason
-    assert dcgan["W2 ↓"].text == report.fmt_mean_hw(0.225, stats.t_interval([0.2, 0.25]).half_width)
-    md = moons.markdown(res.df)
+    assert dcgan["W2 ↓"].text == tables.fmt_mean_hw(0.225, stats.t_interval([0.2, 0.25]).half_width)
+    md = _squeezed(moons.markdown(Path()))
     assert "| dcgan | 3 | 1 [1] |" in md and "n/a [2]" in md and f"- [2] {GAN_NA}" in md
 
 
 def test_summary_table_images_and_all_failed_method(res):
-    mnist = _table(report.summary_tables(res), "summary_mnist")
+    mnist = _table(tables.summary_tables(res), "summary_mnist")
     headers = " ".join(mnist.header)
     assert "test NLL (bits/dim) ↓" in headers and "nats" not in headers  # bits/dim replaces nats on images
     wgan = _cells(mnist, "wgan")
@@ -110,7 +118,7 @@ def test_summary_table_images_and_all_failed_method(res):
     assert _cells(mnist, "data (floor)")["test NLL (bits/dim) ↓"].text == "–"
     assert "modes covered" not in headers and "classes covered ↑" in headers
     # the standard Inception FID (a user's weights file) beside the classifier's, where runs recorded it
-    assert _cells(mnist, "realnvp")["FID (Inception) ↓"].text == report.fmt_mean_hw(
+    assert _cells(mnist, "realnvp")["FID (Inception) ↓"].text == tables.fmt_mean_hw(
         32.0, stats.t_interval([30.0, 32.0, 34.0]).half_width)
     assert _cells(mnist, "dcgan")["FID (Inception) ↓"].text == "–"
     nll = _cells(mnist, "dcgan")["test NLL (bits/dim) ↓"]  # no bits/dim record: the nats record's n/a stands
@@ -121,10 +129,10 @@ def test_retried_runs_are_counted_and_footnoted():
     df = synthetic()
     retried = (df.dataset == "moons") & (df.method == "dcgan") & df.seed.isin([1, 2])  # seed 2 diverged again
     df.loc[retried, "retry_seed"] = df.loc[retried, "seed"] + 3_000_003
-    res = report.Results(df)
+    res = tables.Results(df)
     assert res.runs.loc[("moons", "dcgan"), "n_retried"] == 2 and res.runs.n_retried.sum() == 2
     assert set(res.stats[(res.stats.method == "dcgan") & (res.stats.dataset == "moons")].n_retried) == {2}
-    moons = _table(report.summary_tables(res), "summary_moons")
+    moons = _table(tables.summary_tables(res), "summary_moons")
     failed = _cells(moons, "dcgan")["failed"]
     assert failed.text == "1" and [moons.notes[k - 1] for k in failed.notes] == [
         f"dcgan: seed 2: {DIVERGED}", "dcgan: diverged, retried: seed 1 as seed 3000004, seed 2 as seed 3000005"]
@@ -135,20 +143,37 @@ def test_retried_runs_are_counted_and_footnoted():
     assert "19 training runs, 3 failed or diverged, 2 retried with a new seed" in report.intro(res, "welch")[1].text
 
 
+def test_columns_come_from_the_catalog(res, monkeypatch):
+    moons = _table(tables.summary_tables(res), "summary_moons")
+    # the summary metrics with values on moons, in the catalog's order (vae's elbo and iwae_k10 are no column)
+    assert moons.header == ["method", "seeds", "failed", "test NLL (nats) ↓", "ELBO gap (nats) →0", "W2 ↓",
+                            "precision ↑", "training time (s) ↓", "samples/s ↑"]
+    assert moons.header[3:] == [catalog.BY_NAME[m].header for m in ("test_nll", "elbo_gap", "w2", "precision",
+                                                                    "train_time_s", "samples_per_s")]
+    cost = _table(tables.cost_tables(res), "cost_moons")
+    assert cost.header[3:] == [catalog.BY_NAME[m].header for m in ("train_time_s", "train_peak_mem_mb",
+                                                                   "samples_per_s")]
+    renamed = dataclasses.replace(catalog.BY_NAME["w2"], label="Wasserstein-2", unit="u", scale=10.0)
+    monkeypatch.setattr(catalog, "SUMMARY", (renamed,))
+    moons = _table(tables.summary_tables(res), "summary_moons")
+    assert moons.header == ["method", "seeds", "failed", "Wasserstein-2 (u) ↓"]
+    assert _cells(moons, "data (floor)")["Wasserstein-2 (u) ↓"].text == "0.4"
+
+
 def test_high_quality_is_shown_in_percent(res):
-    ring8 = _table(report.summary_tables(res), "summary_ring8")
+    ring8 = _table(tables.summary_tables(res), "summary_ring8")
     assert _cells(ring8, "data (floor)")["high quality (%) ↑"].text == "98.9"
 
 
 def test_latex_is_booktabs_and_escaped(res):
-    tex = _table(report.summary_tables(res), "summary_moons").latex()
+    tex = _table(tables.summary_tables(res), "summary_moons").latex()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"\_" in tex and "test\\_nll" in tex and r"$\pm$" in tex and r"\textsuperscript{2}" in tex
     assert re.search(r"(?<!\\)_", tex.replace(r"\_", "")) is None  # no bare underscore left
 
 
 def test_pairwise_direction_holm_and_floor_excluded(res):
-    pairs = report.pairwise_frame(res.df)
+    pairs = tables.pairwise_frame(res.df)
     assert "data" not in set(pairs.method_a) | set(pairs.method_b)
     prec = pairs[(pairs.dataset == "moons") & (pairs.metric == "precision")].set_index(["method_a", "method_b"])
     # higher precision is better: realnvp (0.95) beats vae (0.90) and dcgan (0.70) on every seed
@@ -163,12 +188,12 @@ def test_pairwise_direction_holm_and_floor_excluded(res):
     assert w2.loc[("realnvp", "vae"), "better"] == "realnvp"
     gap = pairs[(pairs.metric == "elbo_gap")].set_index(["method_a", "method_b"])
     assert gap.loc[("realnvp", "vae"), "p_a_better"] == 1.0  # |0| beats |0.1|: closer to zero is better
-    mw = report.pairwise_frame(res.df, test="mannwhitney")
+    mw = tables.pairwise_frame(res.df, test="mannwhitney")
     assert set(mw.test) == {"mannwhitney"} and not np.allclose(mw.p, pairs.p, equal_nan=True)
 
 
 def test_rank_frame_winner_failed_runs_and_floor(res):
-    ranks = report.rank_frame(res.df).set_index(["dataset", "metric", "method"])
+    ranks = tables.rank_frame(res.df).set_index(["dataset", "metric", "method"])
     assert "data" not in ranks.index.get_level_values("method")
     win = ranks.loc[("moons", "w2", "realnvp")]
     assert (win.mean_rank, win.min_rank, win.max_rank, win.rank_of_mean) == (1, 1, 1, 1)
@@ -176,29 +201,29 @@ def test_rank_frame_winner_failed_runs_and_floor(res):
     assert dcgan.per_seed_ranks == "3;3;3" and ranks.loc[("moons", "w2", "vae")].per_seed_ranks == "2;2;2"
     tie = ranks.loc[("moons", "precision", "vae")]  # higher is better; vae 0.90 vs dcgan 0.70, dcgan failed seed 2
     assert tie.mean_rank == 2
-    table = _table(report.rank_tables(res, report.rank_frame(res.df)), "ranks_moons")
+    table = _table(tables.rank_tables(res, tables.rank_frame(res.df)), "ranks_moons")
     assert _cells(table, "realnvp")["W2 ↓"].text == "1 [1–1]"
 
 
 def test_approaches_table_evidence_comes_from_the_data(res):
-    table = report.approaches_table(res)
-    claims = {r[0].text: dict(zip(table.header[1:], (c.text for c in r[1:]), strict=True)) for r in table.rows}
-    likelihood = claims["computes the likelihood exactly"]
+    table = claims.approaches_table(res)
+    by_claim = {r[0].text: dict(zip(table.header[1:], (c.text for c in r[1:]), strict=True)) for r in table.rows}
+    likelihood = by_claim["computes the likelihood exactly"]
     assert "exact test NLL" in likelihood["flow (realnvp)"] and "0.360 ± 0.025" in likelihood["flow (realnvp)"]
     assert "IWAE bound" in likelihood["vae (vae)"]
     assert f"mnist/dcgan, moons/dcgan, ring8/dcgan: n/a: {GAN_NA}" in likelihood["gan (dcgan, wgan)"]
-    assert claims["mode collapse"]["cnf"] == "course: no\nmeasured: not measured in this run"  # no CNF ran
-    latent = claims["latent dimension q may differ from the data dimension n"]
+    assert by_claim["mode collapse"]["cnf"] == "course: no\nmeasured: not measured in this run"  # no CNF ran
+    latent = by_claim["latent dimension q may differ from the data dimension n"]
     assert "moons (n = 2): vae q = 2 [config hash-vae]" in latent["vae (vae)"]
     assert "ring8 (n = 2): dcgan q = 3" in latent["gan (dcgan, wgan)"]
     assert "mnist (n = 784): realnvp q = n (a bijection)" in latent["flow (realnvp)"]
-    modes = claims["mode collapse"]["gan (dcgan, wgan)"]
+    modes = by_claim["mode collapse"]["gan (dcgan, wgan)"]
     ci = stats.t_interval([5.0, 6.0, 7.0])
-    assert f"dcgan {report.fmt_mean_hw(ci.mean, ci.half_width)}" in modes and "(floor 8)" in modes
-    saddle = claims["saddle-point (min-max) training difficulty"]["gan (dcgan, wgan)"]
+    assert f"dcgan {tables.fmt_mean_hw(ci.mean, ci.half_width)}" in modes and "(floor 8)" in modes
+    saddle = by_claim["saddle-point (min-max) training difficulty"]["gan (dcgan, wgan)"]
     assert "failed or diverged runs: 3 of 10" in saddle and "moons W2: dcgan seed sd 0.03536, CV 16%" in saddle
-    assert "= 5.6 × floor" in claims["sample quality"]["gan (dcgan, wgan)"]  # moons dcgan W2 0.225 / 0.04
-    assert "not measured in this run" in claims["sample quality"]["cnf"]
+    assert "= 5.6 × floor" in by_claim["sample quality"]["gan (dcgan, wgan)"]  # moons dcgan W2 0.225 / 0.04
+    assert "not measured in this run" in by_claim["sample quality"]["cnf"]
 
 
 def _fake_run_files(runs_dir, figs_dir):
@@ -238,13 +263,13 @@ def test_report_end_to_end_is_self_contained(tmp_path):
     for dataset in ("moons", "ring8", "mnist"):
         assert f'id="summary_{dataset}"' in page and f"Summary: {dataset}" in (out / "report.md").read_text()
     assert 'id="approaches"' in page and DIVERGED in page and GAN_NA in page
-    md = (out / "report.md").read_text()
+    md = _squeezed((out / "report.md").read_text())
     assert "](figures/curves_moons.png)" in md and "base64" not in md
     stats_csv = pd.read_csv(out / "tables" / "summary.csv")
     row = stats_csv[(stats_csv.dataset == "moons") & (stats_csv.method == "dcgan") & (stats_csv.metric == "w2")].iloc[0]
     assert (row.n, row.n_runs, row.n_failed, row["values"]) == (2, 3, 1, "0.2;0.25")
     assert row.half_width == pytest.approx(stats.t_interval([0.2, 0.25]).half_width)
-    summary = (out / "tables" / "summary.md").read_text()
+    summary = _squeezed((out / "tables" / "summary.md").read_text())
     assert "| realnvp | 3 | 0 |" in summary and "test_nll" in summary
     assert "| dcgan | 3 | 1 [1] | n/a [2] | n/a [2] |" in summary  # "n/a" survives the CSV round trip
 
@@ -254,7 +279,7 @@ def test_report_of_a_single_failed_run_completes(tmp_path):
     pd.DataFrame(_failed("moons", "dcgan", 0), columns=COLUMNS).to_csv(csv, index=False)
     written = report.report(csv, tmp_path / "reports", tmp_path / "no-runs")
     assert tmp_path / "reports" / "report.html" in written
-    assert "| dcgan | 1 | 1 [1] |" in (tmp_path / "reports" / "tables" / "summary.md").read_text()
+    assert "| dcgan | 1 | 1 [1] |" in _squeezed((tmp_path / "reports" / "tables" / "summary.md").read_text())
 
 
 def _metrics_json(path, family="flow", train_wall=12.5):

@@ -3,7 +3,7 @@
 ``quick`` skips the slowest rows, exact W at n = 10,000. Data are synthetic and seeded: 2-D N(0, I) vs
 N(0.5·1, I); "784-D" MNIST-like pixels U(0,1)·Bernoulli(0.2); 128-d Gaussian features. Exact W rows name their
 solver (``metrics.wasserstein.SOLVERS``; the evaluation's choice is ``exact_solver``'s): all run POT's
-single-threaded network simplex; the dense one needs about 6·n²·8 bytes (4.05 GB measured at n = 10,000).
+single-threaded network simplex; the dense one needs about 6·n²·8 bytes.
 "converged" is "no" when it raised ``OTNotConvergedError``.
 FID of 10,000 MNIST images: 10,000 training images against the 10,000 test images through torch-fidelity with the
 suite's classifier features, the evaluation's path (the pipeline's trained classifier when results/ has one,
