@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map_only
 
-# What a method can compute; each one is a method it implements and decides which metrics apply to it.
+# Each capability (it decides which metrics and figures apply) and what a method declaring it must implement
+# (`models.register` checks).
 CAPABILITIES = {"sample": ("sample",), "log_prob": ("log_prob",), "elbo": ("elbo",), "iwae": ("iwae",),
                 "inverse": ("inverse", "inverse_error")}
 TRAIN_KEYS = ("steps", "batch_size", "lr", "weight_decay")  # hyper-parameters the training loop reads
