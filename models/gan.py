@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from bench.datasets import TOY_DATASETS
 from bench.errors import UserError
 from models import register
-from models.base import FusedAdam, Losses, Method
+from models.base import Losses, Method
 from models.images import from_logit
 from models.nets import ConvDecoder, conv_discriminator, mlp_discriminator, mlp_net
 from models.vae import VAE
@@ -142,8 +142,8 @@ class _Adam:
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return {name: FusedAdam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                               weight_decay=hp["weight_decay"])
+        return {name: torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                       weight_decay=hp["weight_decay"], fused=True)
                 for name, net in (("d", self.discriminator), ("g", self.generator))}
 
 
