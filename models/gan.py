@@ -138,7 +138,7 @@ class GAN(Method):
 
 
 class _Adam:
-    """Mixin: Adam for both networks with lr, beta1, beta2 from the hyper-parameters."""
+    """Mixin: Adam for both networks with lr, beta1, beta2 from the hyper-parameters (fused, as `Method`'s)."""
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
