@@ -177,7 +177,7 @@ class WGAN(GAN):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return {name: torch.optim.RMSprop(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], foreach=True)
+        return {name: torch.optim.RMSprop(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
                 for name, net in (("d", self.discriminator), ("g", self.generator))}
 
     def critic_loss(self, real, fake):
