@@ -1,15 +1,11 @@
 """Keep freed host memory in the process for reuse (glibc), as a training loop allocates the same buffers every step.
 
-glibc's malloc serves an allocation above its mmap threshold (128 KiB at start, raised as such blocks are freed)
-with fresh pages from the kernel, and hands memory freed at the top of its heap back to the kernel once more than
-the trim threshold (twice the mmap threshold) is free. A training step frees its activations when it ends, so the
-next step faults the same pages in again, at a microsecond or two per 4 KiB page. OT-Flow on moons, whose rates of
-all RK4 stages are computed as one batch of 0.5–1 MiB tensors, took 1,200–1,750 page faults per step that way,
-17–27 % of its step time in separate timings (later, 24 to 1,593 from one process to the next, median 874 over 18
-runs, as the thresholds adapt to the order of frees; about 4,660 with the initial thresholds held fixed). Fixed
-thresholds keep the memory in the heap, the reuse that PyTorch's CPU performance tuning guide gets from jemalloc or
-tcmalloc; the process keeps at most `TRIM_THRESHOLD` of freed memory at the top of its heap. Other C libraries
-(macOS, musl) are left alone.
+With glibc's adaptive defaults, large blocks (above the mmap threshold) come as fresh pages from the kernel and
+memory freed at the top of the heap goes back to it, so each step faults the same pages in again; OT-Flow, whose
+RK4 stages run as one batch of large tensors, spent a large share of its step that way (docs/performance.md).
+Fixed thresholds keep the memory in the heap, the reuse that PyTorch's CPU performance tuning guide gets from
+jemalloc or tcmalloc; the process keeps at most `TRIM_THRESHOLD` of freed memory at the top of its heap. Other C
+libraries (macOS, musl) are left alone.
 """
 from __future__ import annotations
 

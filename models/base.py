@@ -85,6 +85,8 @@ class Method(nn.Module):
     `loss` (one optimizer minimizing it) or their own `train_step` (e.g. the alternating updates of a GAN).
     Capabilities decide which metrics apply: "log_prob" (exact likelihood), "elbo"/"iwae" (latent-variable bounds),
     "inverse" (flows: latent panel, inverse error), "sample" (everyone); `models.register` checks the declarations.
+    Networks and optimizers are plain PyTorch (`nn.Linear`, `nn.Conv2d`, `torch.optim`); the harness applies any
+    speed setting itself.
     """
 
     name: ClassVar[str]
@@ -140,8 +142,10 @@ class Method(nn.Module):
             setattr(self, name, _graph_step(fn) if cuda else fn)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers by name; by default one Adam over all parameters, fused: one kernel updates them all, and the
+        step never reads a value back from the device."""
         hp = self.hparams
-        return {"opt": FusedAdam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])}
+        return {"opt": torch.optim.Adam(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], fused=True)}
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -210,96 +214,3 @@ def _graph_step(fn: Callable[..., Any]) -> Callable[..., Any]:
         return tree_map_only(torch.Tensor, torch.clone, out)
 
     return call
-
-
-class FusedAdam(torch.optim.Adam):
-    """Adam with PyTorch's fused kernel (the update of all parameters in one operation instead of about ten small
-    operations per parameter tensor, a large share of a small model's step on CPU), with less Python around it.
-
-    At every call torch's `step` regroups the state of the parameters that have a gradient by device and dtype and
-    increments each one's step counter with an operation of its own: for RealNVP's 36 tensors on one CPU thread that
-    took as long as the update itself (250 against 130 µs per step here). This class builds the argument lists once
-    and makes every step counter a view into one tensor, incremented by one operation, for as long as the same
-    parameters have gradients (OT-Flow's constant term never has one). `torch._fused_adam_` then gets exactly the
-    arguments torch passes it, so parameters, state and `state_dict` equal `torch.optim.Adam(fused=True)`'s bit for
-    bit (tests/test_training.py). Steps this path does not cover (the first, which creates the state; one in which
-    other parameters have gradients; a closure; options the models do not use, such as amsgrad) run torch's `step`.
-    """
-
-    def __init__(self, params: Any, **kwargs: Any) -> None:
-        super().__init__(params, fused=True, **kwargs)
-        # The parameters without a gradient, the tensor of all step counters, and per parameter group: (group, its
-        # parameters with a gradient, their exp_avgs, exp_avg_sqs and step-counter views)
-        self._plan: tuple[list[torch.Tensor], torch.Tensor, list[tuple[Any, ...]]] | None = None
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        self._plan = None
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._plan = None  # the state tensors were replaced
-
-    def _build_plan(self) -> None:
-        """The plan for the parameters that have a gradient now, if they all have state and the options allow."""
-        groups = self.param_groups
-        if any(group["amsgrad"] or group["differentiable"] or group["decoupled_weight_decay"]
-               or torch.is_tensor(group["lr"]) for group in groups):
-            return  # options this path does not cover
-        live = [[p for p in group["params"] if p.grad is not None] for group in groups]
-        params = [p for group_live in live for p in group_live]
-        if len({(p.device, p.dtype) for p in params}) != 1 or not all(self.state.get(p) for p in params):
-            return
-        counters = torch.stack([self.state[p]["step"] for p in params])
-        for i, p in enumerate(params):
-            self.state[p]["step"] = counters[i]
-        idle = [p for group in groups for p in group["params"] if p.grad is None]
-        states = [[self.state[p] for p in group_live] for group_live in live]
-        self._plan = idle, counters, [
-            (group, group_live, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [s["step"] for s in st])
-            for group, group_live, st in zip(groups, live, states, strict=True)]
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        if closure is None and self._plan is None:
-            self._build_plan()
-        if closure is not None or self._plan is None:
-            return super().step(closure)
-        idle, counters, plan = self._plan
-        grads = [[p.grad for p in params] for _, params, *_ in plan]
-        if any(g is None for group_grads in grads for g in group_grads) or any(p.grad is not None for p in idle):
-            self._plan = None  # other parameters have gradients this time: a new plan next step
-            return super().step(closure)
-        counters.add_(1)
-        for (group, params, exp_avgs, exp_avg_sqs, steps), group_grads in zip(plan, grads, strict=True):
-            beta1, beta2 = group["betas"]
-            torch._fused_adam_(params, group_grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-                               beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=group["maximize"], grad_scale=None, found_inf=None)
-        return None
-
-
-def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
-    """nn.Linear(n_in, n_out), its weight stored column-major when it has fewer inputs than outputs: the same values,
-    shape and state_dict (loading copies into it). Autograd computes a weight's gradient in the weight's layout, and
-    MKL writes a product with two to eight output columns slowly. With the column-major weight the layer's two
-    backward products (the input's gradient, n_in columns wide, and the weight's) are computed wide instead: 44 and
-    37 µs against 230 and 224 for the conv decoder's 2 → 3,136 at batch 64, 8 and 8 against 37 and 41 µs for 2 → 128
-    at batch 256 (one CPU thread); the forward is as fast either way. The weight's gradient is the same bit for bit,
-    the input's changes in the last bits (another summation order)."""
-    layer = nn.Linear(n_in, n_out, bias=bias)
-    if n_in < n_out:
-        layer.weight = nn.Parameter(layer.weight.detach().t().contiguous().t())
-    return layer
-
-
-def mlp(sizes: list[int], activation: type[nn.Module] = nn.LeakyReLU, out: nn.Module | None = None) -> nn.Sequential:
-    """Linear layers (`linear`) of the given sizes with `activation` between them and an optional output module."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    if out is not None:
-        layers.append(out)
-    return nn.Sequential(*layers)

@@ -31,7 +31,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from models import register
-from models.base import HParam, Losses, Method, linear
+from models.base import HParam, Losses, Method
 from models.images import CONTINUOUS_ONLY, LOGIT_ALPHA, dequantize, from_logit, to_logit
 
 ACTIVATIONS = {"tanh": torch.tanh, "softplus": nn.functional.softplus}
@@ -44,7 +44,7 @@ class ConcatLinear(nn.Module):
 
     def __init__(self, a: int, b: int) -> None:
         super().__init__()
-        self.linear = linear(a + 1, b)
+        self.linear = nn.Linear(a + 1, b)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.linear(torch.cat([h, t.expand(len(h), 1)], 1))
@@ -55,9 +55,9 @@ class ConcatSquashLinear(nn.Module):
 
     def __init__(self, a: int, b: int) -> None:
         super().__init__()
-        self.linear = linear(a, b)
-        self.gate = linear(1, b)
-        self.bias_t = linear(1, b, bias=False)
+        self.linear = nn.Linear(a, b)
+        self.gate = nn.Linear(1, b)
+        self.bias_t = nn.Linear(1, b, bias=False)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         t = t.reshape(1, 1)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from core.errors import UserError
 from core.names import IMAGE_DATASETS, TOY_DATASETS
 from models import register
-from models.base import FusedAdam, HParam, Losses, Method
+from models.base import HParam, Losses, Method
 from models.images import from_logit
 from models.nets import ConvDecoder, conv_discriminator, mlp_discriminator, mlp_net
 from models.vae import VAE
@@ -139,14 +139,14 @@ class GAN(Method):
 
 
 class _Adam:
-    """Mixin: Adam for both networks with lr, beta1, beta2 from the hyper-parameters."""
+    """Mixin: Adam for both networks with lr, beta1, beta2 from the hyper-parameters (fused, as `Method`'s)."""
 
     hparam_spec = {"beta1": HParam(float, ge=0, lt=1), "beta2": HParam(float, ge=0, lt=1)}
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return {name: FusedAdam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
-                               weight_decay=hp["weight_decay"])
+        return {name: torch.optim.Adam(net.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                       weight_decay=hp["weight_decay"], fused=True)
                 for name, net in (("d", self.discriminator), ("g", self.generator))}
 
 
@@ -181,7 +181,7 @@ class WGAN(GAN):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return {name: torch.optim.RMSprop(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"], foreach=True)
+        return {name: torch.optim.RMSprop(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
                 for name, net in (("d", self.discriminator), ("g", self.generator))}
 
     def critic_loss(self, real, fake):

@@ -25,8 +25,7 @@ C = −log N(z(1)) − ℓ(1) (the NLL), L the transport cost and R the Hamilton
 Sampling runs the characteristic backwards from z ~ N(0, I) at t = 1 to t = 0 with nt_eval RK4 steps.
 
 The exact trace needs the squared row norms of K₁ diag(σ') K₀E; for d > m they come from the m×m Gram matrix
-(K₀E)(K₀E)ᵀ, so a step costs O(B·m³) rather than O(B·m²·d) and 784-d pixels train at ~0.25 s per step (m = 32,
-batch 256, one CPU thread).
+(K₀E)(K₀E)ᵀ, so a step costs O(B·m³) rather than O(B·m²·d), which keeps 784-d pixels trainable on a CPU.
 
 MNIST follows models/images.py: x ∈ {0..255}^784 is dequantized and logit-transformed (α = `logit_alpha`), the flow
 models the logit image and log_prob includes the logit Jacobian; samples map back with `from_logit`. This is
@@ -43,19 +42,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import register
-from models.base import HParam, Method, linear
+from models.base import HParam, Method
 from models.images import CONTINUOUS_ONLY, LOGIT_ALPHA, dequantize, from_logit, to_logit
 
 
 def _act(u: torch.Tensor) -> torch.Tensor:
-    """σ(u) = log(eᵘ + e⁻ᵘ) = softplus(2u) − u. Its backward is four operations, `logaddexp(u, −u)`'s ten (5 % more
-    training steps/s). softplus is linear above its threshold; at 40 that error, log(1 + e⁻⁴⁰), is below float64
-    rounding, and e⁴⁰ is far from float32 overflow."""
+    """σ(u) = log(eᵘ + e⁻ᵘ) = softplus(2u) − u: its backward is four operations, `logaddexp(u, −u)`'s ten. softplus is
+    linear above its threshold; at 40 that error, log(1 + e⁻⁴⁰), is below float64 rounding, and e⁴⁰ is far from
+    float32 overflow."""
     return F.softplus(2 * u, threshold=40.0) - u
 
 
-# The most entries of the N×m×min(d, m) intermediate of the trace in one go: larger ones run out of cache (7 % fewer
-# training steps/s on MNIST at 2²²), and an evaluation passes N = 4·nt_eval·batch rows at once.
+# The most entries of the N×m×min(d, m) intermediate of the trace in one go: larger ones run out of cache, and an
+# evaluation passes N = 4·nt_eval·batch rows at once.
 TRACE_CHUNK = 2**18
 
 
@@ -66,7 +65,7 @@ class Potential(nn.Module):
         super().__init__()
         self.d, self.m, self.h = d, m, 1.0
         r = min(rank, d + 1)
-        self.K0 = linear(d + 1, m)  # column-major on 2-D data: ∇Φ's product with K₀ backpropagates wide
+        self.K0 = nn.Linear(d + 1, m)
         self.K1 = nn.Linear(m, m)
         # w = 1: Φ starts as Σⱼ N(s)ⱼ, already a strong flow (moons NLL ≈ 12.5 nats at init, falling below 1.5
         # within 300 steps); zeroing w, A and b gives the identity flow.
@@ -172,7 +171,7 @@ class OTFlow(Method):
     hparam_spec = {"width": HParam(int, ge=1), "rank": HParam(int, ge=1), "nt": HParam(int, ge=1),
                    "nt_eval": HParam(int, ge=1), "alpha": HParam(list, items=float, length=3, ge=0),  # [L, C, R]
                    "logit_alpha": LOGIT_ALPHA}
-    compiled = ("loss_terms",)  # 16 RK4 stages of small ops: 1.5-1.7x the eager steps/s, one CPU thread (moons)
+    compiled = ("loss_terms",)  # 16 RK4 stages of small operations, which compiling fuses
 
     @classmethod
     def defaults(cls, dataset: str) -> dict[str, Any]:
@@ -225,10 +224,7 @@ class OTFlow(Method):
     def integrate(self, x: torch.Tensor, nt: int) -> torch.Tensor:
         """RK4 from t = 0 to 1 in nt steps: the final state [z, ℓ, L, R] (B×(d+3)). ℓ, L and R do not feed back into
         the dynamics, so their rates are computed for all 4·nt stages together after the last one, and integrated
-        with RK4's weights: a training step dispatched 1,427 operations instead of 2,240 stage by stage (1,444 since
-        K₀'s weight is column-major, whose products' backward adds a transposed view per stage). (The batch's
-        0.5–1 MiB buffers would come fresh from the kernel at every step without `bench.allocator`, which the CLI
-        applies.)"""
+        with RK4's weights: a few large operations instead of many small ones per stage."""
         stages: list[tuple[torch.Tensor, ...]] = []
         c = self.phi.shared()
         z = self._rk4(x, nt, True, c, stages)

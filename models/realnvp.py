@@ -12,10 +12,8 @@ MNIST). The scale of the conditioning coordinates is not a parameter at all, so 
 (summing the scale net's raw outputs over all coordinates into log|det|) cannot occur.
 
 Speed (the flow is matmul-bound at these sizes): the s and t nets of a coupling are stored as one stacked
-(2 × ...) weight per layer and evaluated together by `baddbmm`, the two halves stay separate tensors until the
-end, and the optimizer is a fused Adam (models.base): on moons, 1.90–1.98 times the course code's training steps/s
-on one CPU thread and 2.29–2.35 times on two in the last two full harness runs (`python -m bench.perf`,
-reports/perf.md and README).
+(2 × ...) weight per layer and evaluated together by `baddbmm`, and the two halves stay separate tensors until the
+end, so a coupling is a few large products instead of many small ones (measured in docs/performance.md).
 """
 from __future__ import annotations
 
@@ -44,12 +42,11 @@ class _STNets(nn.Module):
 
     def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # LeakyReLU in place: a product's backward does not need its output, and rewriting it while it is in cache
-        # beats filling a fresh buffer (10 % more training steps/s on moons)
+        # beats filling a fresh buffer
         h = F.leaky_relu_(torch.baddbmm(self.b1, c.expand(2, -1, -1), self.w1))
         h = F.leaky_relu_(torch.baddbmm(self.b2, h, self.w2))
-        # The last layer as two plain products: with one output (2-D data) MKL's batched matrix-vector product, and
-        # each of the two in its backward, takes ~65 µs here, a plain one ~10 µs (3 % more training steps/s on moons,
-        # the same on MNIST); s and t come out as separate tensors.
+        # The last layer as two plain products, which give s and t as separate tensors (and avoid MKL's slow batched
+        # matrix-vector product where there is one output, on 2-D data).
         (h_s, h_t), (w_s, w_t), (b_s, b_t) = h.unbind(0), self.w3.unbind(0), self.b3.unbind(0)
         return torch.tanh(torch.addmm(b_s, h_s, w_s)), torch.addmm(b_t, h_t, w_t)
 

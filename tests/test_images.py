@@ -1,14 +1,12 @@
 """The image pieces every image model shares: the logit transform's value and log-Jacobian (models/images.py), and
-the conv nets' one-channel layers, whose CPU kernels differ from the ordinary layers' (models/nets.py)."""
-import copy
+the conv nets' parameter layout, which checkpoints and the VAE-initialized GANs rely on (models/nets.py)."""
 import math
 
 import pytest
 import torch
-from torch import nn
 
 from models.images import from_logit, to_logit
-from models.nets import ConvDecoder, ConvEncoder, OneChannelConv2d, OneChannelConvTranspose2d, mlp_net
+from models.nets import ConvDecoder, ConvEncoder, conv_discriminator, mlp_net
 
 
 @pytest.mark.parametrize("alpha", [0.05, 1e-6])  # RealNVP/VAE/OT-Flow's and FFJORD's
@@ -31,74 +29,16 @@ def test_to_logit_matches_logit_and_autograd_log_det_and_loses_nothing_to_log1p(
                                rtol=1e-6, atol=1e-3)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_one_channel_conv_has_the_ordinary_layers_gradients_to_second_order(frozen):
-    """OneChannelConv2d against nn.Conv2d, for an input that needs a gradient (an input that needs none takes the
-    ordinary path): output, first-order gradients (with the parameters frozen, as in the GAN generator's step
-    through the discriminator) and the second-order ones that the WGAN-GP penalty backpropagates (float64: exact
-    to rounding)."""
-    torch.manual_seed(0)
-    ours, plain = OneChannelConv2d(1, 6, 4, 2, 1).double(), nn.Conv2d(1, 6, 4, 2, 1).double()
-    plain.load_state_dict(ours.state_dict())
-    x = torch.rand(5, 1, 28, 28, dtype=torch.float64, requires_grad=True)
-    for layer in (ours, plain):
-        layer.requires_grad_(not frozen)
-    onednn = torch.backends.mkldnn.enabled
+def test_nets_keep_their_state_dict_layout():
+    """The names and shapes that trained checkpoints hold, and that a VAE-initialized GAN loads from the VAE decoder
+    into its generator."""
+    def layout(net):
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
-    def grads(layer):
-        y = layer(x)
-        wrt = [t for t in (x, *layer.parameters()) if t.requires_grad]
-        first = torch.autograd.grad(y.pow(2).sum(), wrt, create_graph=True)
-        second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), wrt)
-        return y, first, second
-
-    got, want = grads(ours), grads(plain)
-    assert type(got[0].grad_fn).__name__ == "_InputGradientOnATenBackward" and torch.backends.mkldnn.enabled == onednn
-    for a, b in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert isinstance(ConvEncoder(4, 2)[0], OneChannelConv2d)
-
-
-def test_one_channel_conv_transpose_is_the_ordinary_layer_and_restores_onednn():
-    torch.manual_seed(0)
-    ours = OneChannelConvTranspose2d(8, 1, 4, 2, 1)  # float32, which the plain layer runs through oneDNN
-    plain = nn.ConvTranspose2d(8, 1, 4, 2, 1)
-    plain.load_state_dict(ours.state_dict())
-    x = torch.randn(5, 8, 14, 14, requires_grad=True)
-    grad_out = torch.randn(5, 1, 28, 28)
-    onednn = torch.backends.mkldnn.enabled
-    got = ours(x)
-    assert torch.backends.mkldnn.enabled == onednn
-    got_grads = torch.autograd.grad(got, [x, *ours.parameters()], grad_out)
-    want = plain(x)
-    want_grads = torch.autograd.grad(want, [x, *plain.parameters()], grad_out)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    for a, b in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert list(ConvDecoder(2, 4).state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias", "5.weight", "5.bias"]
-
-
-@pytest.mark.parametrize("net", ["decoder", "mlp"])
-def test_widening_layers_are_column_major_through_loading_and_copies_with_the_same_weight_gradient(net):
-    """models.base.linear: a layer with fewer inputs than outputs (the conv decoder's first, an MLP's first on 2-D
-    data) keeps its weight column-major, the layout its fast backward needs, in a model that loads another's
-    state_dict, a deep copy and a moved copy; a narrowing layer stays row-major. The function and the weight's
-    gradient are nn.Linear's bit for bit, the input's gradient agrees to float rounding."""
-    torch.manual_seed(0)
-    build = {"decoder": lambda: ConvDecoder(2, 4), "mlp": lambda: mlp_net(2, 2, 64, 2)}[net]
-    model, loaded = build(), build()
-    loaded.load_state_dict(model.state_dict())
-    first, last = model[0], [m for m in model if isinstance(m, nn.Linear)][-1]
-    for m in (model, loaded, copy.deepcopy(model), copy.deepcopy(model).double()):
-        assert m[0].weight.stride() == (1, m[0].out_features)
-    assert net == "decoder" or last.weight.stride() == (last.in_features, 1)
-    plain = nn.Linear(first.in_features, first.out_features)
-    plain.load_state_dict(first.state_dict())
-    assert plain.weight.stride() == (2, 1)
-    z, grad_out = torch.randn(8, 2, requires_grad=True), torch.randn(8, first.out_features)
-    got, want = first(z), plain(z)
-    assert torch.equal(got, want)
-    got_grads = torch.autograd.grad(got, [z, first.weight], grad_out)
-    want_grads = torch.autograd.grad(want, [z, plain.weight], grad_out)
-    assert torch.equal(got_grads[1], want_grads[1])
-    torch.testing.assert_close(got_grads[0], want_grads[0], rtol=1e-5, atol=1e-5)
+    assert layout(ConvDecoder(2, 4)) == {"0.weight": (392, 2), "0.bias": (392,), "3.weight": (8, 4, 4, 4),
+                                         "3.bias": (4,), "5.weight": (4, 1, 4, 4), "5.bias": (1,)}
+    encoder = {"0.weight": (4, 1, 4, 4), "0.bias": (4,), "2.weight": (8, 4, 4, 4), "2.bias": (8,), "5.bias": (3,)}
+    assert layout(ConvEncoder(4, 3)) == {**encoder, "5.weight": (3, 392)}
+    assert layout(conv_discriminator(4)) == {**encoder, "5.weight": (1, 392), "5.bias": (1,)}
+    assert layout(mlp_net(2, 3, 8, 2)) == {"0.weight": (8, 2), "0.bias": (8,), "2.weight": (8, 8), "2.bias": (8,),
+                                           "4.weight": (3, 8), "4.bias": (3,)}

@@ -1,5 +1,4 @@
 """The training loop: CPU determinism, exact resume, divergence records and retries, corrupt checkpoints."""
-import io
 import itertools
 import os
 import signal
@@ -15,7 +14,6 @@ from bench.seeding import determinism, seed_everything
 from bench.train import CHECKPOINT, PROVENANCE, RESUME, EpochSampler, RunSpec, load_checkpoint, retry_seed, train
 from conftest import DispatchLog
 from core.errors import UserError
-from models.base import FusedAdam
 
 SYNC = "aten._local_scalar_dense.default"  # the host reading a tensor's value: on a GPU, waiting for the device
 
@@ -48,48 +46,6 @@ def test_same_seed_gives_identical_weights(tmp_path):
     recorded = read_json(tmp_path / "a" / PROVENANCE)["determinism"]
     assert recorded["bit_identical"] is True and recorded["device_type"] == "cpu"
     assert recorded["deterministic_algorithms"] and not recorded["warn_only"]
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
-def test_fused_adam_equals_torch_adam_bit_for_bit(device, monkeypatch):
-    """models.base.FusedAdam's own path and torch.optim.Adam(fused=True) give the same parameters and state after
-    every step, with a parameter that has no gradient until step 6 (as OT-Flow's constant term never has), a step in
-    which the last layer has none (3), and a state_dict round trip through a file (5). Its own path must run at
-    every step but the first and those two."""
-    torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(device)
-            for _ in range(2)]
-    for net in nets:
-        net.register_parameter("extra", torch.nn.Parameter(torch.ones(4, device=device)))
-    nets[1].load_state_dict(nets[0].state_dict())
-    hp = {"lr": 0.01, "betas": (0.5, 0.9), "weight_decay": 1e-3}
-    ours, theirs = FusedAdam(nets[0].parameters(), **hp), torch.optim.Adam(nets[1].parameters(), fused=True, **hp)
-    torch_steps, torch_step = [], torch.optim.Adam.step  # the steps at which FusedAdam ran torch's step
-
-    def counting_step(opt, closure=None):
-        if opt is ours:
-            torch_steps.append(i)
-        return torch_step(opt, closure)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", counting_step)
-    for i in range(9):
-        if i == 5:  # resume: the state as read back from a checkpoint
-            buffer = io.BytesIO()
-            torch.save(ours.state_dict(), buffer)
-            ours.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
-        x = torch.randn(16, 3, device=device)
-        for net, opt in zip(nets, (ours, theirs), strict=True):
-            opt.zero_grad(set_to_none=True)
-            loss = (net[0](x) if i == 3 else net(x)).pow(2).mean()
-            (loss + net.extra.sum() if i >= 6 else loss).backward()
-            opt.step()
-        for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
-            assert torch.equal(p, q), i
-            assert ours.state[p].keys() == theirs.state[q].keys(), i
-            for key in ours.state[p]:
-                assert torch.equal(ours.state[p][key], theirs.state[q][key]), (i, key)
-    assert torch_steps == [0, 3, 6]
 
 
 def test_compiled_training_matches_eager_and_is_reproducible(tmp_path):
