@@ -116,7 +116,7 @@ class EpochSampler:
 
     def batch(self, ds: datasets.Dataset, train_x: torch.Tensor, step: int) -> torch.Tensor:
         """Minibatch `step` of `train_x` (the in-memory training set), after the dataset's train transform."""
-        # index_select copies whole rows at a time, much faster than advanced indexing for a batch
+        # index_select copies whole rows at a time, where advanced indexing gathers element by element
         batch = train_x.index_select(0, self.indices(step))
         return batch if ds.train_transform is None else ds.train_transform(batch)
 

@@ -166,8 +166,7 @@ class FFJORD(Method):
         if dataset == "mnist":
             # Not the paper's multiscale conv CNF (multi-GPU): a 2-layer concat MLP of width 256, softplus as in
             # FFJORD's train_cnf.py, Hutchinson (Rademacher) trace, logit α = 1e-6, Adam lr 1e-3, atol = rtol =
-            # 1e-5 in training. Measured on one CPU thread at batch 64: 0.5-0.8 s per step (NFE 56-86), 2.63 bits/dim
-            # on 1000 test images after 300 steps; evaluation at 1e-6 takes ~8 s per 1000 images (NFE ≈ 86).
+            # 1e-5 in training: what a CPU can train at all (docs/performance.md has its cost per step).
             return {"hidden": [256, 256], "activation": "softplus", "layer_type": "concat", "time_length": 0.5,
                     "solver": "dopri5",
                     "atol": 1e-5, "rtol": 1e-5, "eval_atol": 1e-6, "eval_rtol": 1e-6,
