@@ -215,7 +215,7 @@ def exact_wasserstein(
     (`_multiscale`; O(n + m) memory above its dense base problem); "emd2_lazy", POT's solver computing
     costs on the fly (O(n + m) memory, slower than dense).
     ``num_iter_max`` is POT's ``numItermax``. Raises ``OTNotConvergedError`` unless POT reports
-    ``result_code == 1`` (optimal). Single-threaded; ``python -m bench.perf`` times it.
+    ``result_code == 1`` (optimal). Single-threaded.
     """
     if p not in _METRIC:
         raise ValueError(f"exact_wasserstein supports p=1 or p=2, got p={p}")
@@ -227,7 +227,7 @@ def exact_wasserstein(
     if solver not in SOLVERS:
         raise ValueError(f"unknown exact OT solver {solver!r}; use one of {', '.join(SOLVERS)}")
     import ot  # here, not at the top: POT's import (scikit-learn's with it) is slow, and the pipeline's sampling
-    # jobs, which import this module through bench.evaluate, do not need it
+    # jobs load this module without needing it
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="numItermax reached")  # we raise our own error
