@@ -136,5 +136,6 @@ def _is_number(text: str) -> bool:
 
 
 def create(name: str, dataset: Any, **overrides: Any) -> Method:
-    """Build method `name` for `dataset` (a dataset object: `name`, the `train` split) from its defaults updated by `overrides`."""
+    """Build method `name` for `dataset` (a dataset object: its `name` and `train` split) from its defaults updated
+    by `overrides`."""
     return get(name)(dataset, resolve_hparams(name, dataset.name, overrides))
