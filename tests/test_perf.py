@@ -192,7 +192,6 @@ def test_a_sampling_job_does_not_import_pot_or_scikit_learn():
     assert out.stdout.strip() == "[]"
 
 
-
 def test_missing_mnist_stops_the_harness_before_any_timing(tmp_path):
     """The harness times for many minutes before it reaches MNIST's rows: a missing dataset must stop it at once."""
     res = subprocess.run([sys.executable, "-m", "bench.perf", "--datasets", "moons", "--data-root", str(tmp_path),
