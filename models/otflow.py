@@ -191,8 +191,6 @@ class OTFlow(Method):
 
     def __init__(self, dataset: Any, hparams: dict[str, Any]) -> None:
         super().__init__(dataset, hparams)
-        if len(hparams["alpha"]) != 3:
-            raise ValueError(f"alpha is [transport L, NLL C, HJB R], got {hparams['alpha']!r}")
         self.image = len(self.data_shape) > 1
         self.d = math.prod(self.data_shape)
         self.phi = Potential(self.d, hparams["width"], hparams["rank"])

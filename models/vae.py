@@ -84,10 +84,6 @@ class VAE(Method):
         if self.decoder_kind == "gaussian" and binary:
             raise UserError("vae decoder 'gaussian' models dequantized gray pixels, and binarized_mnist's pixels are "
                             "binary (no density); use decoder: bernoulli on binarized_mnist")
-        if self.decoder_kind not in ("gaussian", "bernoulli"):
-            raise UserError(f"vae decoder must be 'gaussian' or 'bernoulli', got {self.decoder_kind!r}")
-        if hparams["sample_mode"] not in ("mean", "full"):
-            raise UserError(f"vae sample_mode must be 'mean' or 'full', got {hparams['sample_mode']!r}")
         q, w = hparams["latent_dim"], hparams["width"]
         self.dim = math.prod(self.data_shape)
         if self.image:
