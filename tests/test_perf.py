@@ -194,7 +194,7 @@ def test_a_sampling_job_does_not_import_pot_or_scikit_learn():
 
 def test_missing_mnist_stops_the_harness_before_any_timing(tmp_path):
     """The harness times for many minutes before it reaches MNIST's rows: a missing dataset must stop it at once."""
-    res = subprocess.run([sys.executable, "-m", "bench.perf", "--datasets", "moons", "--data-root", str(tmp_path),
+    res = subprocess.run([sys.executable, "-m", "bench.perf", "--datasets", "moons,mnist", "--data-root", str(tmp_path),
                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 1
     assert res.stderr.strip().startswith("bench.perf: MNIST file train-images-idx3-ubyte not found in")
