@@ -67,7 +67,7 @@ class GAN(Method):
         super().__init__(dataset, hparams)
         self.image = len(self.data_shape) > 1
         w = hparams["width"]
-        if hparams["n_critic"] < 1 or hparams["batch_size"] < hparams["n_critic"]:
+        if hparams["batch_size"] < hparams["n_critic"]:  # n_critic >= 1: its HParam
             raise UserError(f"{self.name}: need 1 <= n_critic <= batch_size (the batch is split into n_critic "
                             f"critic minibatches), got n_critic={hparams['n_critic']}, "
                             f"batch_size={hparams['batch_size']}")

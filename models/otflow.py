@@ -289,9 +289,7 @@ class OTFlow(Method):
         """Per example ‖x − g(g⁻¹(x))‖₂, both directions with nt_eval RK4 steps, in the flow's space: the points
         themselves, or the dequantized logit image."""
         x = self._to_flow_space(x)[0]
-        nt = self.hparams["nt_eval"]
-        z = self.integrate(x, nt)[:, : self.d]
-        return (x - self.generate(z, nt)).norm(dim=1)
+        return (x - self.generate(self.inverse(x)[0], self.hparams["nt_eval"])).norm(dim=1)
 
     def solver_info(self) -> dict[str, Any]:
         nt, nt_eval = self.hparams["nt"], self.hparams["nt_eval"]
